@@ -1,0 +1,5 @@
+"""`python -m tcp_teardown` runs the command line."""
+
+from tcp_teardown.cli import main
+
+main()

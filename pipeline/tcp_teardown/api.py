@@ -1,0 +1,162 @@
+"""The Python API: analyze captures into DataFrames (the CLI, notebooks and extcap use it)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from tcp_teardown import endpoints, filters
+from tcp_teardown.analysis import analyze_packets
+from tcp_teardown.facts import Params
+from tcp_teardown.ingest import ReadReport, read_packet_table
+from tcp_teardown.schema import CONNECTIONS, FRAMES
+from tcp_teardown.tshark import Tshark, find_tshark
+
+log = logging.getLogger(__name__)
+
+LABEL_COLUMNS = ("open", "close", "time_wait_side")
+
+
+@dataclass
+class FileReport:
+    """What happened to one input capture."""
+
+    path: str
+    size: int
+    sha256: str
+    engine: str
+    packets: int
+    connections: int
+    truncated: bool
+    warnings: list[str] = field(default_factory=list)
+    fallback_reason: str | None = None
+
+
+@dataclass
+class Tables:
+    """The Arrow tables of one run."""
+
+    connections: pa.Table
+    frames: pa.Table
+    endpoints: pa.Table
+    hosts: pa.Table
+    files: list[FileReport]
+    params: Params
+    tshark: Tshark | None = None
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return path.stat().st_size, digest.hexdigest()
+
+
+def analyze_file(path: Path, params: Params, engine: str = "tshark",
+                 tshark: Tshark | None = None, name: str | None = None) -> tuple[pa.Table, pa.Table, FileReport]:
+    """Labelled connections and key frames of one capture, and a report of the read."""
+    report = ReadReport()
+    packets = read_packet_table(path, engine, tshark, report)
+    result = analyze_packets(packets, name or str(path), params)
+    size, sha = file_digest(path)
+    return result.connections, result.frames, FileReport(
+        path=name or str(path), size=size, sha256=sha, engine=report.engine,
+        packets=packets.num_rows, connections=result.connections.num_rows,
+        truncated=report.truncated, warnings=report.warnings,
+        fallback_reason=report.fallback_reason,
+    )
+
+
+def analyze_tables(paths: Iterable[Path | str], params: Params | None = None,
+                   engine: str = "tshark", tshark_path: str | None = None) -> Tables:
+    """Analyze captures one after the other; combine their tables."""
+    params = params or Params()
+    paths = [Path(p) for p in paths]
+    tshark = find_tshark(tshark_path) if engine != "native" else None
+    conns, frames, reports = [], [], []
+    for path in paths:
+        c, f, report = analyze_file(path, params, engine, tshark, name=str(path))
+        conns.append(c)
+        frames.append(f)
+        reports.append(report)
+    conn_table = pa.concat_tables(conns) if conns else CONNECTIONS.empty_table()
+    frame_table = pa.concat_tables(frames) if frames else FRAMES.empty_table()
+    conn_df = conn_table.to_pandas()
+    return Tables(
+        connections=conn_table, frames=frame_table,
+        endpoints=endpoints.endpoint_table(conn_df, params.msl),
+        hosts=endpoints.host_table(conn_df, params.msl),
+        files=reports, params=params, tshark=tshark,
+    )
+
+
+def to_frame(table: pa.Table) -> pd.DataFrame:
+    """Arrow table -> DataFrame with pyarrow-backed columns and categorical labels."""
+    df = table.to_pandas(types_mapper=pd.ArrowDtype)
+    for column in LABEL_COLUMNS:
+        if column in df:
+            df[column] = df[column].astype(str).replace({"<NA>": None, "None": None}).astype("category")
+    return df
+
+
+@dataclass
+class Result:
+    """What `analyze` returns: DataFrames of connections, key frames, endpoints and hosts."""
+
+    tables: Tables
+
+    @property
+    def connections(self) -> pd.DataFrame:
+        return to_frame(self.tables.connections)
+
+    @property
+    def frames(self) -> pd.DataFrame:
+        return to_frame(self.tables.frames)
+
+    @property
+    def endpoints(self) -> pd.DataFrame:
+        return to_frame(self.tables.endpoints)
+
+    @property
+    def hosts(self) -> pd.DataFrame:
+        return to_frame(self.tables.hosts)
+
+    def filters(self) -> list[filters.LabelFilter]:
+        return filters.label_filters(self.tables.connections.to_pandas(), self.tables.frames.to_pandas())
+
+    def _repr_html_(self) -> str:
+        conns = self.tables.connections.to_pandas()
+        counts = summary_counts(conns)
+        rows = "".join(
+            f"<tr><td>{kind}</td><td>{label}</td><td>{n}</td></tr>"
+            for kind, values in counts.items() for label, n in values.items()
+        )
+        return (f"<b>tcp-teardown</b>: {len(conns)} connections in {len(self.tables.files)} "
+                f"capture(s)<table><tr><th>kind</th><th>label</th><th>connections</th></tr>{rows}</table>")
+
+
+def summary_counts(conns: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Connections per open value, close value and flag."""
+    if conns.empty:
+        return {"open": {}, "close": {}, "flags": {}}
+    flags = conns["flags"].explode().dropna()
+    return {
+        "open": {str(k): int(v) for k, v in conns["open"].astype(str).value_counts().items()},
+        "close": {str(k): int(v) for k, v in conns["close"].astype(str).value_counts().items()},
+        "flags": {str(k): int(v) for k, v in flags.value_counts().items()},
+    }
+
+
+def analyze(paths: Iterable[Path | str] | Path | str, idle_threshold: float = 5.0,
+            msl: float = 30.0, engine: str = "tshark", tshark: str | None = None) -> Result:
+    """Analyze one or more captures; returns a `Result` with DataFrames."""
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    return Result(analyze_tables(paths, Params(idle_threshold, msl), engine, tshark))

@@ -1,0 +1,136 @@
+"""The `tcp-teardown` command line: thin, one function per command.
+
+Heavy imports (pandas, pyarrow) happen inside the commands so `--help` is instant.
+Every failure the user can act on is one line on stderr and a documented exit code
+(tcp_teardown.errors.ExitCode); never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tcp_teardown.errors import ExitCode, TeardownError
+
+app = typer.Typer(
+    name="tcp-teardown",
+    help="How every TCP connection in a capture opened and ended: who hung up, and why.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Engine(StrEnum):
+    AUTO = "auto"
+    NATIVE = "native"
+    TSHARK = "tshark"
+
+
+def fail(error: TeardownError) -> typer.Exit:
+    """Print the one line and return the exit to raise."""
+    typer.echo(f"tcp-teardown: {error.message}", err=True)
+    return typer.Exit(code=int(error.code))
+
+
+@app.command()
+def analyze(
+    captures: Annotated[list[Path], typer.Argument(help="Capture files (pcap, pcapng; .gz/.zst).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for Parquet and filters.")],
+    idle_threshold: Annotated[float, typer.Option(min=0.0, help="Seconds of silence before a close that make it idle_close.")] = 5.0,
+    msl: Annotated[float, typer.Option(min=0.0, help="Maximum segment lifetime in seconds (TIME_WAIT = 2·MSL).")] = 30.0,
+    engine: Annotated[Engine, typer.Option(help="Capture reader: tshark, the native reader, or auto.")] = Engine.TSHARK,
+    tshark: Annotated[str | None, typer.Option(help="Path of the tshark binary to use.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Label every TCP connection of the captures; write Parquet tables and Wireshark filters."""
+    from tcp_teardown import report as run_report
+    from tcp_teardown.api import analyze_tables
+    from tcp_teardown.facts import Params
+    from tcp_teardown.ingest import sniff
+    from tcp_teardown.output import prepare_out_dir
+
+    try:
+        for capture in captures:
+            sniff(capture)
+        prepare_out_dir(out)
+        tables = analyze_tables(captures, Params(idle_threshold, msl), str(engine), tshark)
+        run_report.write_run(out, tables)
+    except TeardownError as error:
+        raise fail(error) from None
+    summary = run_report.summary(tables)
+    typer.echo(json.dumps(summary, indent=2) if as_json else run_report.render(summary))
+    for file in tables.files:
+        for warning in file.warnings:
+            typer.echo(f"tcp-teardown: {warning}", err=True)
+    if tables.connections.num_rows == 0:
+        typer.echo("tcp-teardown: no TCP in the input (empty tables written)", err=True)
+    if any(f.truncated for f in tables.files):
+        raise typer.Exit(code=int(ExitCode.TRUNCATED))
+
+
+@app.command()
+def labels(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Print the label vocabulary with one-line meanings (from the rules themselves)."""
+    from tcp_teardown.rules import CLOSE_RULES, FLAG_RULES, OPEN_RULES
+
+    groups = {"open": OPEN_RULES, "close": CLOSE_RULES, "flags": FLAG_RULES}
+    if as_json:
+        typer.echo(json.dumps({k: {str(r.label): r.summary for r in v} for k, v in groups.items()}, indent=2))
+        return
+    for kind, rules in groups.items():
+        typer.echo(f"{kind}:")
+        width = max(len(str(r.label)) for r in rules)
+        for rule in rules:
+            typer.echo(f"  {str(rule.label):<{width}}  {rule.summary}")
+
+
+@app.command()
+def version() -> None:
+    """Print the version of tcp-teardown and of the tshark it would use."""
+    from tcp_teardown import __version__
+    from tcp_teardown.tshark import find_tshark
+
+    typer.echo(f"tcp-teardown {__version__}")
+    try:
+        found = find_tshark()
+        typer.echo(f"tshark {found.version_text} ({found.path})")
+    except TeardownError as error:
+        raise fail(error) from None
+
+
+def _register_optional_commands() -> None:
+    """Commands that live in their own modules (kept out of this file to keep it thin)."""
+    from tcp_teardown.commands import register
+
+    register(app)
+
+
+def main() -> None:
+    _register_optional_commands()
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("tcp-teardown: interrupted", err=True)
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except TeardownError as error:
+        typer.echo(f"tcp-teardown: {error.message}", err=True)
+        sys.exit(int(error.code))
+    except Exception as exc:  # a bug: one line for the user, the traceback on request
+        if os.environ.get("TCP_TEARDOWN_DEBUG"):
+            raise
+        typer.echo(f"tcp-teardown: internal error: {type(exc).__name__}: {exc} "
+                   "(set TCP_TEARDOWN_DEBUG=1 for the traceback)", err=True)
+        sys.exit(int(ExitCode.FAILED))
+
+
+if __name__ == "__main__":
+    main()

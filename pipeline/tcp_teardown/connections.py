@@ -1,0 +1,217 @@
+"""Split the packet table into connections; decide roles; give each a stable flow_id.
+
+Unit (docs/teardown-taxonomy.md): one TCP conversation on a 4-tuple. A SYN without ACK
+starts a new connection unless it repeats the sequence number of the SYN the current
+connection began with (a retransmitted attempt, as Windows retries a refused SYN).
+Everything is whole-column NumPy: the packets are sorted by (4-tuple, frame) once and
+each connection is a contiguous run of that order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tcp_teardown import tcpflags as tf
+
+WELL_KNOWN_LIMIT = 1024  # IANA system ports: a side on one of these is the server
+EPHEMERAL_START = 32768  # ports from here up are what stacks hand out to clients
+
+
+@dataclass
+class Segments:
+    """The packets of one capture in connection order (by connection, then frame)."""
+
+    conn: np.ndarray  # connection index of each packet (0..C-1, non-decreasing)
+    frame: np.ndarray
+    ts: np.ndarray
+    flags: np.ndarray
+    seq: np.ndarray
+    ack: np.ndarray
+    payload: np.ndarray
+    ttl: np.ndarray
+    stream: np.ndarray  # tshark tcp.stream (-1 where unknown)
+    src_ep: np.ndarray  # endpoint code of the sender
+    c2s: np.ndarray  # True where the client sent the packet
+    starts: np.ndarray  # index of each connection's first packet
+    ends: np.ndarray  # index one past each connection's last packet
+
+    @property
+    def count(self) -> int:
+        return len(self.starts)
+
+    def first_where(self, mask: np.ndarray) -> np.ndarray:
+        """Per connection, the index of the first packet where `mask` holds, else -1."""
+        return _first_per_group(self.conn, mask, self.count)
+
+    def last_where(self, mask: np.ndarray) -> np.ndarray:
+        """Per connection, the index of the last packet where `mask` holds, else -1."""
+        hits = np.flatnonzero(mask)[::-1]
+        out = np.full(self.count, -1, dtype=np.int64)
+        groups, first = np.unique(self.conn[hits], return_index=True)
+        out[groups] = hits[first]
+        return out
+
+    def count_where(self, mask: np.ndarray) -> np.ndarray:
+        return np.bincount(self.conn[mask], minlength=self.count).astype(np.int64)
+
+    def per_packet(self, per_conn: np.ndarray) -> np.ndarray:
+        """Spread a per-connection array over that connection's packets."""
+        return per_conn[self.conn]
+
+
+def _first_per_group(groups: np.ndarray, mask: np.ndarray, count: int) -> np.ndarray:
+    """Per group, the first index where `mask` holds (-1 if none); `groups` is sorted."""
+    hits = np.flatnonzero(mask)
+    out = np.full(count, -1, dtype=np.int64)
+    found, first = np.unique(groups[hits], return_index=True)
+    out[found] = hits[first]
+    return out
+
+
+@dataclass
+class Split:
+    """The result of splitting: segments plus per-connection identity columns."""
+
+    segments: Segments
+    identity: pd.DataFrame  # one row per connection: roles, addresses, flow_id ...
+
+
+def split_connections(packets: pa.Table) -> Split:
+    """Connections of one capture's packet table (schema.PACKETS)."""
+    n = packets.num_rows
+    ips = pc.dictionary_encode(pa.chunked_array(
+        packets.column("src_ip").chunks + packets.column("dst_ip").chunks
+    ).combine_chunks())
+    codes = ips.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    ip_names = np.asarray(ips.dictionary.to_pylist(), dtype=object)
+    src_port = _np(packets, "src_port").astype(np.int64)
+    dst_port = _np(packets, "dst_port").astype(np.int64)
+    src_ep = codes[:n] * 65536 + src_port
+    dst_ep = codes[n:] * 65536 + dst_port
+    lo, hi = np.minimum(src_ep, dst_ep), np.maximum(src_ep, dst_ep)
+    pair = pd.MultiIndex.from_arrays([lo, hi]).factorize()[0] if n else np.zeros(0, np.int64)
+    order = np.lexsort((np.arange(n), pair))  # by pair, then capture order
+    pair, src_ep, dst_ep = pair[order], src_ep[order], dst_ep[order]
+    flags = _np(packets, "tcp_flags").astype(np.int64)[order]
+    seq = _np(packets, "seq_raw").astype(np.int64)[order]
+
+    conn = _connection_index(pair, flags, seq)
+    starts = np.flatnonzero(np.r_[True, conn[1:] != conn[:-1]]) if n else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], n].astype(np.int64)
+    count = len(starts)
+
+    pure_syn = tf.is_pure_syn(flags)
+    syn_ack = tf.is_syn_ack(flags)
+    first_syn = _first_per_group(conn, pure_syn, count)
+    first_syn_ack = _first_per_group(conn, syn_ack, count)
+    client_ep, server_ep, guessed = _roles(
+        src_ep, dst_ep, starts, first_syn, first_syn_ack
+    )
+    c2s = src_ep == client_ep[conn]
+
+    stream_col = packets.column("tcp_stream")
+    stream = pc.fill_null(stream_col, -1).to_numpy().astype(np.int64)[order] if n else np.zeros(0, np.int64)
+    segments = Segments(
+        conn=conn, frame=_np(packets, "frame_number").astype(np.int64)[order],
+        ts=_np(packets, "ts").astype(np.float64)[order], flags=flags, seq=seq,
+        ack=_np(packets, "ack_raw").astype(np.int64)[order],
+        payload=_np(packets, "payload_len").astype(np.int64)[order],
+        ttl=_np(packets, "ttl").astype(np.int64)[order], stream=stream,
+        src_ep=src_ep, c2s=c2s, starts=starts, ends=ends,
+    )
+    ip_version = _np(packets, "ip_version").astype(np.int8)[order]
+    identity = pd.DataFrame({
+        "client_ip": ip_names[client_ep // 65536] if count else np.array([], dtype=object),
+        "client_port": (client_ep % 65536).astype(np.int32),
+        "server_ip": ip_names[server_ep // 65536] if count else np.array([], dtype=object),
+        "server_port": (server_ep % 65536).astype(np.int32),
+        "ip_version": ip_version[starts] if count else np.array([], dtype=np.int8),
+        "roles_guessed": guessed,
+        "tcp_stream": stream[starts] if count else np.array([], dtype=np.int64),
+        "pair": pair[starts] if count else np.array([], dtype=np.int64),
+    })
+    client_isn = np.where(first_syn >= 0, seq[np.maximum(first_syn, 0)], -1)
+    synack_isn_hint = np.where(
+        first_syn_ack >= 0,
+        (segments.ack[np.maximum(first_syn_ack, 0)] - 1) % tf.SEQ_SPACE, -1
+    )
+    identity["client_isn"] = np.where(client_isn >= 0, client_isn, synack_isn_hint)
+    identity["flow_id"] = flow_ids(identity)
+    return Split(segments, identity)
+
+
+def _np(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy()
+
+
+def _connection_index(pair: np.ndarray, flags: np.ndarray, seq: np.ndarray) -> np.ndarray:
+    """Connection number of each packet, packets sorted by (pair, capture order)."""
+    n = len(pair)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    idx = np.arange(n)
+    pair_start = np.r_[True, pair[1:] != pair[:-1]]
+    start_of_pair = np.maximum.accumulate(np.where(pair_start, idx, 0))
+    pure_syn = tf.is_pure_syn(flags)
+    last_syn = np.maximum.accumulate(np.where(pure_syn, idx, -1))
+    prev_syn = np.r_[-1, last_syn[:-1]]
+    has_prev = prev_syn >= start_of_pair
+    repeats = has_prev & (seq[np.maximum(prev_syn, 0)] == seq)
+    new = pair_start | (pure_syn & ~repeats)
+    return np.cumsum(new) - 1
+
+
+def _roles(
+    src_ep: np.ndarray, dst_ep: np.ndarray, starts: np.ndarray,
+    first_syn: np.ndarray, first_syn_ack: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Client and server endpoint of each connection, and whether that was guessed.
+
+    The client sent the first SYN. Without one: the side that sent a SYN-ACK is the
+    server; else the side on a well-known port; else the side on the lower port when the
+    other one looks ephemeral; else the receiver of the first packet.
+    """
+    a, b = src_ep[starts], dst_ep[starts]  # sender and receiver of the first packet
+    syn_client = src_ep[np.maximum(first_syn, 0)]
+    syn_ack_client = dst_ep[np.maximum(first_syn_ack, 0)]
+    port_a, port_b = a % 65536, b % 65536
+    a_is_server = _looks_like_server(port_a, port_b)
+    guess_client = np.where(a_is_server, b, a)
+    client = np.select(
+        [first_syn >= 0, first_syn_ack >= 0], [syn_client, syn_ack_client], guess_client
+    )
+    server = np.where(client == a, b, a)
+    return client, server, first_syn < 0
+
+
+def _looks_like_server(port: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """True where `port` is more server-like than `other` (ties: the first packet's sender is the client)."""
+    port_wk, other_wk = port < WELL_KNOWN_LIMIT, other < WELL_KNOWN_LIMIT
+    port_eph, other_eph = port >= EPHEMERAL_START, other >= EPHEMERAL_START
+    return np.select(
+        [port_wk & ~other_wk, other_wk & ~port_wk, ~port_eph & other_eph, port_eph & ~other_eph],
+        [True, False, True, False],
+        default=port < other,
+    )
+
+
+def flow_ids(identity: pd.DataFrame) -> np.ndarray:
+    """A flow id from the 4-tuple and the client's ISN: the same wherever a file or chunk starts.
+
+    Without a SYN (capture began mid-stream) the ISN is unknown; such a connection is
+    identified by its 4-tuple alone, which is what joins its pieces across files.
+    """
+    if identity.empty:
+        return np.array([], dtype=object)
+    key = pd.DataFrame({
+        "c": identity["client_ip"].astype(str) + "|" + identity["client_port"].astype(str),
+        "s": identity["server_ip"].astype(str) + "|" + identity["server_port"].astype(str),
+        "isn": identity["client_isn"].astype(np.int64),
+    })
+    hashed = pd.util.hash_pandas_object(key, index=False).to_numpy(dtype=np.uint64)
+    return np.array([f"{h:016x}" for h in hashed.tolist()], dtype=object)

@@ -1,0 +1,179 @@
+"""Per-connection facts from raw headers: the evidence every label rule reads.
+
+Indices are positions in `Segments` order (-1 = none); within a connection that order
+is capture order, so comparing two indices compares which frame came first. Only raw
+header facts are used (flags, seq/ack, lengths, TTL), never tshark's analysis fields,
+so any engine that produces the packet table yields the same labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tcp_teardown import tcpflags as tf
+from tcp_teardown.connections import Segments
+
+NONE = -1
+
+
+@dataclass(frozen=True)
+class Params:
+    """The knobs of the taxonomy."""
+
+    idle_threshold: float = 5.0  # seconds of silence before a close that make it idle_close
+    msl: float = 30.0  # maximum segment lifetime; TIME_WAIT lasts 2 * msl
+
+
+def compute_facts(seg: Segments, identity: pd.DataFrame, params: Params) -> pd.DataFrame:
+    """One row per connection (same order as `identity`) of evidence columns."""
+    f = pd.DataFrame(index=pd.RangeIndex(seg.count))
+    c2s, s2c = seg.c2s, ~seg.c2s
+    flags = seg.flags
+    rst, fin, ackf = tf.is_rst(flags), tf.is_fin(flags), tf.has_ack(flags)
+    pure_syn, syn_ack = tf.is_pure_syn(flags), tf.is_syn_ack(flags)
+
+    f["first"], f["last"] = seg.starts, seg.ends - 1
+    f["first_ts"] = np.minimum.reduceat(seg.ts, seg.starts) if seg.count else []
+    f["last_ts"] = np.maximum.reduceat(seg.ts, seg.starts) if seg.count else []
+    f["packets_c2s"] = seg.count_where(c2s)
+    f["packets_s2c"] = seg.count_where(s2c)
+    f["bytes_c2s"] = np.bincount(seg.conn, weights=seg.payload * c2s, minlength=seg.count).astype(np.int64)
+    f["bytes_s2c"] = np.bincount(seg.conn, weights=seg.payload * s2c, minlength=seg.count).astype(np.int64)
+
+    # Opening.
+    client_syn = pure_syn & c2s
+    f["syn"] = seg.first_where(client_syn)
+    f["syn_count"] = seg.count_where(client_syn)
+    f["syn_ts"] = np.where(f["syn"] >= 0, seg.ts[np.maximum(f["syn"], 0)] if len(flags) else 0, np.nan)
+    f["acking_packets"] = seg.count_where(ackf & ~rst)
+    server_syn_ack = syn_ack & s2c
+    f["syn_ack"] = seg.first_where(server_syn_ack)
+    f["last_syn_ack"] = seg.last_where(server_syn_ack)
+    f["syn_ack_count"] = seg.count_where(server_syn_ack)
+    after_syn = np.arange(len(flags)) > seg.per_packet(f["syn"].to_numpy())
+    after_syn_ack = np.arange(len(flags)) > seg.per_packet(f["syn_ack"].to_numpy())
+    has_syn_ack = seg.per_packet(f["syn_ack"].to_numpy()) >= 0
+    server_seen = seg.per_packet(f["packets_s2c"].to_numpy()) > 0
+    client_ack = c2s & ackf & ~rst & ~tf.is_syn(flags)
+    completes = client_ack & np.where(has_syn_ack, after_syn_ack, after_syn & ~server_seen)
+    f["handshake_ack"] = np.where(f["syn"] >= 0, seg.first_where(completes), NONE)
+    bare_server_ack = s2c & ackf & ~rst & ~tf.is_syn(flags) & after_syn
+    before_syn_ack = ~has_syn_ack | ~after_syn_ack
+    f["challenge_ack"] = np.where(
+        f["syn"] >= 0, seg.first_where(bare_server_ack & before_syn_ack), NONE
+    )
+    server_rst = s2c & rst
+    f["server_rst_before_syn_ack"] = seg.first_where(server_rst & before_syn_ack & after_syn)
+
+    # RSTs: one answered by a later SYN-ACK belongs to the opening (TIME_WAIT challenge).
+    last_syn_ack = seg.per_packet(f["last_syn_ack"].to_numpy())
+    closing_rst = rst & (np.arange(len(flags)) > last_syn_ack)
+    f["rst"] = seg.first_where(closing_rst)
+    f["first_rst"] = seg.first_where(rst)
+    f["rst_by_client"] = _at(seg.c2s, f["rst"])
+
+    # FINs: where each side's FIN sits in sequence space and which frame acknowledges it.
+    for side, mine in (("client", c2s), ("server", s2c)):
+        fin_idx = seg.first_where(fin & mine)
+        f[f"{side}_fin"] = fin_idx
+        fin_end = np.where(fin_idx >= 0, seg.seq[np.maximum(fin_idx, 0)]
+                           + seg.payload[np.maximum(fin_idx, 0)] + 1, 0) % tf.SEQ_SPACE
+        f[f"{side}_fin_end"] = fin_end
+        per_fin = seg.per_packet(fin_idx)
+        acks_it = (~mine & ackf & ~rst & (per_fin >= 0)
+                   & (np.arange(len(flags)) > per_fin)
+                   & tf.covers(seg.ack, seg.per_packet(fin_end)))
+        f[f"{side}_fin_ack"] = seg.first_where(acks_it)
+        same_fin = fin & mine & ((seg.seq + seg.payload) % tf.SEQ_SPACE
+                                 == (seg.per_packet(fin_end) - 1) % tf.SEQ_SPACE)
+        f[f"{side}_fin_count"] = seg.count_where(same_fin)
+        f[f"{side}_fin_last"] = seg.last_where(same_fin)
+    cf, sf = f["client_fin"].to_numpy(), f["server_fin"].to_numpy()
+    both = (cf >= 0) & (sf >= 0)
+    client_first = (cf >= 0) & ((sf < 0) | (cf < sf))
+    f["first_fin"] = np.where(client_first, cf, sf)
+    f["second_fin"] = np.where(both, np.where(client_first, sf, cf), NONE)
+    f["first_fin_by_client"] = client_first
+    first_end = np.where(client_first, f["client_fin_end"], f["server_fin_end"])
+    second = f["second_fin"].to_numpy()
+    second_acks_first = _at(ackf, second) & tf.covers(seg.ack[np.maximum(second, 0)], first_end)
+    f["fins_crossed"] = both & ~second_acks_first
+    first_fin_ack = np.where(client_first, f["client_fin_ack"], f["server_fin_ack"])
+    f["first_fin_ack"] = first_fin_ack
+    f["final_ack"] = np.where(
+        both & (f["client_fin_ack"] >= 0) & (f["server_fin_ack"] >= 0),
+        np.maximum(f["client_fin_ack"], f["server_fin_ack"]), NONE,
+    )
+
+    # The close event (first FIN or closing RST) and the silence before it.
+    rst_idx = f["rst"].to_numpy()
+    ff = f["first_fin"].to_numpy()
+    close_event = np.where((ff >= 0) & ((rst_idx < 0) | (ff < rst_idx)), ff, rst_idx)
+    f["close_event"] = close_event
+    has_event = close_event >= 0
+    prev = np.maximum(close_event - 1, 0)
+    has_prev = has_event & (close_event > seg.starts)
+    f["idle_before_close_s"] = np.where(has_prev, seg.ts[np.maximum(close_event, 0)] - seg.ts[prev], np.nan)
+    f["close_event_by_client"] = _at(seg.c2s, close_event)
+    f["close_ts"] = np.where(has_event, seg.ts[np.maximum(close_event, 0)], np.nan)
+    payload_before = seg.payload * (np.arange(len(flags)) <= seg.per_packet(np.where(has_event, close_event, 0)))
+    f["payload_before_close"] = np.bincount(seg.conn, weights=payload_before, minlength=seg.count).astype(np.int64)
+    hs = f["handshake_ack"].to_numpy()
+    f["handshake_ts"] = np.where(hs >= 0, seg.ts[np.maximum(hs, 0)], np.nan)
+
+    # TTL per side, for RSTs a middlebox forged.
+    f["suspect_rst"] = _suspect_rsts(seg, rst)
+
+    # SYN-ACK retransmission gaps.
+    f["syn_ack_intervals"] = _gaps(seg, server_syn_ack)
+    f["syn_ack_frames"] = _frames(seg, server_syn_ack)
+    f["syn_frames"] = _frames(seg, client_syn)
+    f["fin_frames"] = _frames(seg, fin)
+    f["pair"] = identity["pair"].to_numpy()
+    return f
+
+
+def _at(values: np.ndarray, idx: np.ndarray | pd.Series) -> np.ndarray:
+    """values[idx] where idx >= 0, else False."""
+    idx = np.asarray(idx)
+    return (idx >= 0) & values[np.maximum(idx, 0)] if len(values) else np.zeros(len(idx), bool)
+
+
+def _suspect_rsts(seg: Segments, rst: np.ndarray) -> list[list[int]]:
+    """Per connection, the RST frames whose TTL differs from every non-RST packet of that side."""
+    side = seg.conn * 2 + seg.c2s
+    normal = pd.DataFrame({"side": side[~rst], "ttl": seg.ttl[~rst]})
+    usual = normal.groupby("side")["ttl"].agg(["min", "max"])
+    rows = pd.DataFrame({"side": side[rst], "ttl": seg.ttl[rst], "conn": seg.conn[rst],
+                         "frame": seg.frame[rst]})
+    rows = rows.join(usual, on="side", how="inner")
+    odd = rows[(rows["ttl"] < rows["min"]) | (rows["ttl"] > rows["max"])]
+    return _lists(odd["conn"].to_numpy(), odd["frame"].to_numpy(), seg.count)
+
+
+def _frames(seg: Segments, mask: np.ndarray) -> list[list[int]]:
+    return _lists(seg.conn[mask], seg.frame[mask], seg.count)
+
+
+def _gaps(seg: Segments, mask: np.ndarray) -> list[list[float]]:
+    conn, ts = seg.conn[mask], seg.ts[mask]
+    if len(conn) == 0:
+        return [[] for _ in range(seg.count)]
+    same = np.r_[False, conn[1:] == conn[:-1]]
+    gaps = np.r_[0.0, np.diff(ts)] if len(ts) else np.zeros(0)
+    return _lists(conn[same], np.round(gaps[same], 6), seg.count)
+
+
+def _lists(groups: np.ndarray, values: np.ndarray, count: int) -> list[list]:
+    """Per group (sorted group ids), the list of its values; empty lists elsewhere."""
+    out: list[list] = [[] for _ in range(count)]
+    if len(groups) == 0:
+        return out
+    bounds = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1], True])
+    pieces = np.split(values, bounds[1:-1])
+    for g, piece in zip(groups[bounds[:-1]].tolist(), pieces, strict=True):
+        out[g] = piece.tolist()
+    return out

@@ -1,0 +1,86 @@
+"""Write result tables atomically: temp name in the same folder, then rename.
+
+A failed or interrupted run never leaves a half-written file and never destroys the
+results of an earlier run: every file is complete before it replaces its old version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tcp_teardown.errors import ExitCode, TeardownError
+
+
+def prepare_out_dir(out: Path) -> Path:
+    """Create `out` if needed and prove it writable before any work is done."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out, prefix=".probe-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise TeardownError(f"{out}: output folder not writable: {exc.strerror or exc}",
+                            ExitCode.OUTPUT_UNWRITABLE) from exc
+    return out
+
+
+def _atomic(target: Path, write: Callable[[Path], None]) -> None:
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise TeardownError(f"{target}: cannot write: {exc.strerror or exc}",
+                            ExitCode.OUTPUT_UNWRITABLE) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_parquet(table: pa.Table, target: Path) -> None:
+    _atomic(target, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+
+
+def write_text(text: str, target: Path) -> None:
+    _atomic(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(data: object, target: Path) -> None:
+    write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", target)
+
+
+def write_all(out: Path, tables: dict[str, pa.Table], texts: dict[str, str]) -> None:
+    """Write every table and text into temp files first, then rename them all into place."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, table in tables.items():
+            tmp = _stage(out, name)
+            pq.write_table(table, tmp, compression="zstd")
+            staged.append((tmp, out / name))
+        for name, text in texts.items():
+            tmp = _stage(out, name)
+            tmp.write_text(text, encoding="utf-8")
+            staged.append((tmp, out / name))
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    except OSError as exc:
+        raise TeardownError(f"{out}: cannot write results: {exc.strerror or exc}",
+                            ExitCode.OUTPUT_UNWRITABLE) from exc
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+
+
+def _stage(out: Path, name: str) -> Path:
+    fd, tmp_name = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp_name)

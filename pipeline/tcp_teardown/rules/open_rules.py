@@ -1,0 +1,46 @@
+"""How a connection started. Ordered: the first rule that holds decides (like a state chain)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tcp_teardown.facts import Params
+from tcp_teardown.rules.registry import open_rule
+
+
+def _attempted(f: pd.DataFrame) -> np.ndarray:
+    return (f["syn"] >= 0).to_numpy()
+
+
+@open_rule
+def handshake(f: pd.DataFrame, p: Params) -> np.ndarray:
+    """SYN, SYN-ACK and the client's ACK seen (one-direction capture: the SYN, then the client acknowledging an unseen SYN-ACK)."""
+    return _attempted(f) & (f["handshake_ack"] >= 0).to_numpy()
+
+
+@open_rule
+def refused(f: pd.DataFrame, p: Params) -> np.ndarray:
+    """The SYN was answered by RST (closed port: "connection refused")."""
+    return (_attempted(f) & (f["handshake_ack"] < 0).to_numpy()
+            & (f["server_rst_before_syn_ack"] >= 0).to_numpy())
+
+
+@open_rule
+def syn_ack_no_ack(f: pd.DataFrame, p: Params) -> np.ndarray:
+    """SYN and SYN-ACK seen, the client never completed the handshake (server sat in SYN_RCVD)."""
+    return (_attempted(f) & (f["handshake_ack"] < 0).to_numpy() & (f["syn_ack"] >= 0).to_numpy()
+            & (f["server_rst_before_syn_ack"] < 0).to_numpy())
+
+
+@open_rule
+def no_answer(f: pd.DataFrame, p: Params) -> np.ndarray:
+    """Only SYN(s) from the client, possibly retransmitted; no SYN-ACK and no RST back."""
+    return (_attempted(f) & (f["handshake_ack"] < 0).to_numpy() & (f["syn_ack"] < 0).to_numpy()
+            & (f["server_rst_before_syn_ack"] < 0).to_numpy())
+
+
+@open_rule
+def midstream(f: pd.DataFrame, p: Params) -> np.ndarray:
+    """The capture began after the handshake: no SYN from the client is in it."""
+    return ~_attempted(f)

@@ -1,0 +1,54 @@
+"""TCP header facts declared once: flag bits and sequence-space arithmetic."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Flag bits of the TCP header's flags field (RFC 9293, 3.1; ECE/CWR RFC 3168).
+FIN = 0x001
+SYN = 0x002
+RST = 0x004
+PSH = 0x008
+ACK = 0x010
+URG = 0x020
+ECE = 0x040
+CWR = 0x080
+
+SEQ_SPACE = 1 << 32
+
+
+def is_fin(flags: np.ndarray) -> np.ndarray:
+    return (flags & FIN) != 0
+
+
+def is_syn(flags: np.ndarray) -> np.ndarray:
+    """Any SYN, with or without ACK."""
+    return (flags & SYN) != 0
+
+
+def is_rst(flags: np.ndarray) -> np.ndarray:
+    return (flags & RST) != 0
+
+
+def has_ack(flags: np.ndarray) -> np.ndarray:
+    return (flags & ACK) != 0
+
+
+def is_pure_syn(flags: np.ndarray) -> np.ndarray:
+    """A connection request: SYN without ACK (and without RST)."""
+    return ((flags & (SYN | ACK | RST)) == SYN)
+
+
+def is_syn_ack(flags: np.ndarray) -> np.ndarray:
+    return ((flags & (SYN | ACK | RST)) == (SYN | ACK))
+
+
+def seq_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a - b in 32-bit sequence space, as a signed number (RFC 1982 serial arithmetic)."""
+    d = (np.asarray(a, dtype=np.int64) - np.asarray(b, dtype=np.int64)) % SEQ_SPACE
+    return np.where(d >= SEQ_SPACE // 2, d - SEQ_SPACE, d)
+
+
+def covers(ack: np.ndarray, seq_end: np.ndarray) -> np.ndarray:
+    """True where the acknowledgement number `ack` acknowledges everything before `seq_end`."""
+    return seq_diff(ack, seq_end) >= 0
