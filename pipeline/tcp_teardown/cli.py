@@ -43,8 +43,12 @@ def fail(error: TeardownError) -> typer.Exit:
 def analyze(
     captures: Annotated[list[Path], typer.Argument(help="Capture files (pcap, pcapng; .gz/.zst).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for Parquet and filters.")],
-    idle_threshold: Annotated[float, typer.Option(min=0.0, help="Seconds of silence before a close that make it idle_close.")] = 5.0,
-    msl: Annotated[float, typer.Option(min=0.0, help="Maximum segment lifetime in seconds (TIME_WAIT = 2·MSL).")] = 30.0,
+    idle_threshold: Annotated[
+        float, typer.Option(min=0.0, help="Seconds of silence before a close that make it idle_close.")
+    ] = 5.0,
+    msl: Annotated[
+        float, typer.Option(min=0.0, help="Maximum segment lifetime in seconds (TIME_WAIT = 2·MSL).")
+    ] = 30.0,
     engine: Annotated[Engine, typer.Option(help="Capture reader: tshark, the native reader, or auto.")] = Engine.TSHARK,
     tshark: Annotated[str | None, typer.Option(help="Path of the tshark binary to use.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -90,7 +94,7 @@ def labels(
         typer.echo(f"{kind}:")
         width = max(len(str(r.label)) for r in rules)
         for rule in rules:
-            typer.echo(f"  {str(rule.label):<{width}}  {rule.summary}")
+            typer.echo(f"  {rule.label!s:<{width}}  {rule.summary}")
 
 
 @app.command()

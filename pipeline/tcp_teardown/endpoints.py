@@ -27,7 +27,7 @@ def endpoint_table(conns: pd.DataFrame, msl: float) -> pa.Table:
     for column, values in (("open", OPEN_VALUES), ("close", CLOSE_VALUES)):
         counts = pd.crosstab([conns[k] for k in KEY], conns[column])
         for value in values:
-            out[f"{column}_{value}"] = counts[value] if value in counts else 0
+            out[f"{column}_{value}"] = counts.get(value, 0)
     out = out.fillna(0)
     orderly = (out[f"close_{Close.FIN_BY_CLIENT}"] + out[f"close_{Close.FIN_BY_SERVER}"]
                + out[f"close_{Close.FIN_SIMULTANEOUS}"])

@@ -116,10 +116,11 @@ def read_tshark(path: Path, tshark: ts.Tshark, report: ReadReport) -> Iterator[p
             if packets.num_rows:
                 yield packets
     except pa.ArrowInvalid as exc:
-        if "Empty file" not in str(exc) and "no data" not in str(exc).lower():
-            proc.kill()
-            raise TeardownError(f"{path}: tshark output unreadable: {exc}",
-                                ExitCode.TSHARK_FAILED) from exc
+        # Judged below, once tshark's own exit status is known; no output at all is fine.
+        empty = any(w in str(exc).lower() for w in ("empty file", "empty json", "no data"))
+        broken = None if empty else exc
+    else:
+        broken = None
     finally:
         if proc.poll() is None and proc.stdout is not None:
             proc.stdout.close()
@@ -127,6 +128,11 @@ def read_tshark(path: Path, tshark: ts.Tshark, report: ReadReport) -> Iterator[p
         drain.join(timeout=5)
         if feeder is not None:
             feeder.join(timeout=5)
+    if code < 0:
+        raise TeardownError(f"{path}: tshark was killed by signal {-code} mid-file",
+                            ExitCode.TSHARK_FAILED)
+    if broken is not None:
+        raise TeardownError(f"{path}: tshark output unreadable: {broken}", ExitCode.TSHARK_FAILED)
     _judge_exit(path, code, b"".join(stderr_lines).decode("utf-8", "replace"), rows, report)
 
 
@@ -164,7 +170,7 @@ def _judge_exit(path: Path, code: int, stderr: str, rows: int, report: ReadRepor
         report.truncated = True
         report.warnings.append(f"{path}: capture is cut short; labelled the {rows} TCP packets before the cut")
         return
-    if "isn't a capture file" in text or "unknown" in text.lower() and "format" in text.lower():
+    if "isn't a capture file" in text or ("unknown" in text.lower() and "format" in text.lower()):
         raise TeardownError(f"{path}: not a capture file tshark can read", ExitCode.NOT_A_CAPTURE)
     if code < 0:
         raise TeardownError(f"{path}: tshark was killed by signal {-code} mid-file",

@@ -22,8 +22,8 @@ def prepare_out_dir(out: Path) -> Path:
     """Create `out` if needed and prove it writable before any work is done."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out, prefix=".probe-", delete=True)
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".probe-", delete=True):
+            pass
     except OSError as exc:
         raise TeardownError(f"{out}: output folder not writable: {exc.strerror or exc}",
                             ExitCode.OUTPUT_UNWRITABLE) from exc

@@ -20,7 +20,7 @@ def summary(tables: Tables) -> dict:
         "python": platform.python_version(),
         "parameters": {"idle_threshold_s": tables.params.idle_threshold, "msl_s": tables.params.msl},
         "inputs": [asdict(f) for f in tables.files],
-        "connections": int(len(conns)),
+        "connections": len(conns),
         "key_frames": int(tables.frames.num_rows),
         "counts": summary_counts(conns),
     }

@@ -107,8 +107,8 @@ def find_tshark(explicit: str | None = None) -> Tshark:
         if path and os.access(path, os.X_OK) and not os.path.isdir(path):
             return Tshark(path, _checked_version(path))
         looked.append(f"{where} ({candidate})")
-        if where != "PATH" and explicit is not None and where == "--tshark option":
-            break  # an explicit choice that does not exist is an error, not a hint
+        if where != "PATH" and not where.startswith("/"):
+            break  # an explicit choice (option or variable) that fails is an error, not a hint
     raise TeardownError(
         "tshark not found (install Wireshark's tshark, e.g. apt-get install tshark); looked in: "
         + ", ".join(looked),

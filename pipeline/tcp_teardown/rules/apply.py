@@ -22,7 +22,8 @@ def _first_match(rules: list[Rule], facts: pd.DataFrame, params: Params) -> np.n
     labels = [str(rule.label) for rule in rules]
     decided = np.select(masks, labels, default="")
     if len(decided) and (decided == "").any():
-        raise AssertionError(f"{int((decided == '').sum())} connections matched no {rules[0].label.__class__.__name__} rule")
+        kind = rules[0].label.__class__.__name__
+        raise AssertionError(f"{int((decided == '').sum())} connections matched no {kind} rule")
     return decided.astype(object)
 
 

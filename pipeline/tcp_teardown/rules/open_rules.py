@@ -15,7 +15,11 @@ def _attempted(f: pd.DataFrame) -> np.ndarray:
 
 @open_rule
 def handshake(f: pd.DataFrame, p: Params) -> np.ndarray:
-    """SYN, SYN-ACK and the client's ACK seen (one-direction capture: the SYN, then the client acknowledging an unseen SYN-ACK)."""
+    """SYN, SYN-ACK and the client's ACK seen (one direction only: the SYN, then the client's ACK).
+
+    In a one-direction capture the client acknowledging a SYN-ACK the capture did not see
+    completes the handshake.
+    """
     return _attempted(f) & (f["handshake_ack"] >= 0).to_numpy()
 
 
