@@ -46,7 +46,7 @@ def test_small_blocks_give_the_same_labels() -> None:
 def test_innermost_header_wins_in_tunnels() -> None:
     """Repeated fields (IP in IP): the last occurrence is the header right above TCP."""
     line = (b'{"layers":{"frame_number":["1"],"frame_time_epoch":["1.5"],'
-            b'"frame_protocols":["eth:ethertype:ip:udp:teredo:ipv6:tcp"],'
+            b'"ip_proto":["17"],'
             b'"ip_src":["198.18.0.1"],"ip_dst":["198.18.0.2"],"ip_ttl":["60"],"ip_id":["0x0001"],'
             b'"ipv6_src":["fd00::1"],"ipv6_dst":["fd00::2"],"ipv6_hlim":["33"],'
             b'"tcp_srcport":["40000"],"tcp_dstport":["80"],"tcp_flags":["0x0002"],'

@@ -9,10 +9,15 @@ import pandas as pd
 import pyarrow as pa
 
 from tcp_teardown import evidence
-from tcp_teardown.connections import split_connections
+from tcp_teardown.connections import Segments, split_connections
 from tcp_teardown.facts import Params, compute_facts
+from tcp_teardown.lists import as_series, grouped_list
 from tcp_teardown.rules import apply_rules
-from tcp_teardown.schema import CONNECTIONS, FRAMES
+from tcp_teardown.schema import CONNECTIONS, FRAMES, arrow_table
+
+# Connections are labelled in slices of about this many packets (cut between 4-tuples):
+# the per-packet temporaries of the facts then stay bounded whatever the capture size.
+SLICE_PACKETS = 250_000
 
 
 @dataclass
@@ -23,20 +28,45 @@ class FileResult:
     frames: pa.Table
 
 
-def analyze_packets(packets: pa.Table, file: str, params: Params) -> FileResult:
-    """Label every connection of one capture's packet table (schema.PACKETS)."""
-    if packets.num_rows == 0:
+def analyze_packets(packets: pa.Table | list[pa.Table], file: str, params: Params) -> FileResult:
+    """Label every connection of one capture's packet table (schema.PACKETS).
+
+    Given a one-element list instead of a table, the table is released as soon as the
+    connection arrays are built (the Arrow copy is then no longer needed: less peak memory).
+    """
+    table = packets.pop() if isinstance(packets, list) else packets
+    del packets
+    if table.num_rows == 0:
         return FileResult(CONNECTIONS.empty_table(), FRAMES.empty_table())
-    split = split_connections(packets)
-    seg, ident = split.segments, split.identity
+    split = split_connections(table)
+    del table
+    pieces = [_label_slice(split.segments.slice(c0, c1), split.identity.iloc[c0:c1].reset_index(drop=True),
+                           file, params)
+              for c0, c1 in split.slices(SLICE_PACKETS)]
+    conns = pd.concat([c for c, _ in pieces], ignore_index=True)
+    frames = pd.concat([f for _, f in pieces], ignore_index=True)
+    conns = conns.sort_values("first_frame", kind="stable").reset_index(drop=True)
+    frames = frames.sort_values("frame_number", kind="stable").reset_index(drop=True)
+    return FileResult(arrow_table(conns, CONNECTIONS), arrow_table(frames, FRAMES))
+
+
+def _nullable(values: np.ndarray) -> pd.arrays.IntegerArray:
+    """-1 (unknown) becomes a null."""
+    out = pd.array(values, dtype="Int64")
+    out[values < 0] = pd.NA
+    return out
+
+
+def _label_slice(seg: Segments, ident: pd.DataFrame, file: str, params: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Facts, labels and key frames of a slice of whole 4-tuples (bounded working memory)."""
     labelled = apply_rules(compute_facts(seg, ident, params), params)
     key_rows = evidence.group_key_frames(evidence.key_frame_rows(seg, labelled))
 
     def frame(column: str) -> pd.arrays.IntegerArray:
         return evidence.frame_of(seg, labelled[column].to_numpy())
 
-    key_lists = key_rows.groupby("conn")["frame"].agg(list)
-    key_frames = [key_lists.get(i, []) for i in range(len(labelled))]
+    key_frames = as_series(grouped_list(key_rows["conn"].to_numpy(), key_rows["frame"].to_numpy(),
+                                        len(labelled), pa.int64()))
     close_event = labelled["close_event"].to_numpy()
     close_duration = np.where(close_event >= 0, labelled["last_ts"] - labelled["close_ts"], np.nan)
     conns = pd.DataFrame({
@@ -72,8 +102,6 @@ def analyze_packets(packets: pa.Table, file: str, params: Params) -> FileResult:
         "last_frame": seg.frame[labelled["last"].to_numpy()],
         "key_frames": key_frames,
     })
-    # Connections in order of their first packet, as a reader of the trace meets them.
-    conns = conns.sort_values("first_frame", kind="stable").reset_index(drop=True)
     frames = pd.DataFrame({
         "file": file,
         "frame_number": key_rows["frame"].to_numpy(np.int64),
@@ -81,15 +109,5 @@ def analyze_packets(packets: pa.Table, file: str, params: Params) -> FileResult:
         "tcp_stream": _nullable(ident["tcp_stream"].to_numpy()[key_rows["conn"].to_numpy()]),
         "roles": key_rows["roles"],
         "labels": key_rows["labels"],
-    }).sort_values("frame_number", kind="stable")
-    return FileResult(
-        pa.Table.from_pandas(conns, schema=CONNECTIONS, preserve_index=False),
-        pa.Table.from_pandas(frames, schema=FRAMES, preserve_index=False),
-    )
-
-
-def _nullable(values: np.ndarray) -> pd.arrays.IntegerArray:
-    """-1 (unknown) becomes a null."""
-    out = pd.array(values, dtype="Int64")
-    out[values < 0] = pd.NA
-    return out
+    })
+    return conns, frames

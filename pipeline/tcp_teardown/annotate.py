@@ -319,17 +319,31 @@ def annotate_file(
     """Write `capture` with comments to `out` (pcapng); returns the number of frames.
 
     Written to a temporary name in the same folder and renamed at the end, so `out` is
-    either the complete result or untouched (also when `out` is the input itself).
+    either the finished result or untouched (also when `out` is the input itself). A
+    capture cut short mid-record is handled like the analysis does: the frames before
+    the cut are written, then `TruncatedCapture` is raised.
     """
+    from tcp_teardown.errors import TruncatedCapture
+    from tcp_teardown.pcapng_writer import CaptureFormatError
+
     annotations = analyze_for_comments(capture, labels, all_frames, idle_threshold, msl)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     tmp = Path(tmp_name)
+    damage: CaptureFormatError | None = None
     try:
         with os.fdopen(fd, "wb") as stream:
-            frames = write_annotated(capture, annotations, stream)
+            try:
+                frames = write_annotated(capture, annotations, stream)
+            except CaptureFormatError as exc:
+                damage = exc
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if damage is not None:
+        text = str(damage)
+        if not text.startswith(str(capture)):
+            text = f"{capture}: {text}"
+        raise TruncatedCapture(f"{text}; the frames before the cut were written to {out}")
     return frames

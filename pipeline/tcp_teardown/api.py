@@ -63,12 +63,14 @@ def analyze_file(path: Path, params: Params, engine: str = "tshark",
                  tshark: Tshark | None = None, name: str | None = None) -> tuple[pa.Table, pa.Table, FileReport]:
     """Labelled connections and key frames of one capture, and a report of the read."""
     report = ReadReport()
-    packets = read_packet_table(path, engine, tshark, report)
-    result = analyze_packets(packets, name or str(path), params)
+    holder = [read_packet_table(path, engine, tshark, report)]
+    packet_count = holder[0].num_rows
+    # The list lets analyze_packets drop the only reference once it has its own arrays.
+    result = analyze_packets(holder, name or str(path), params)
     size, sha = file_digest(path)
     return result.connections, result.frames, FileReport(
         path=name or str(path), size=size, sha256=sha, engine=report.engine,
-        packets=packets.num_rows, connections=result.connections.num_rows,
+        packets=packet_count, connections=result.connections.num_rows,
         truncated=report.truncated, warnings=report.warnings,
         fallback_reason=report.fallback_reason,
     )
@@ -88,7 +90,8 @@ def analyze_tables(paths: Iterable[Path | str], params: Params | None = None,
         reports.append(report)
     conn_table = pa.concat_tables(conns) if conns else CONNECTIONS.empty_table()
     frame_table = pa.concat_tables(frames) if frames else FRAMES.empty_table()
-    conn_df = conn_table.to_pandas()
+    conn_df = conn_table.select(["client_ip", "server_ip", "server_port", "open", "close", "flags",
+                                 "first_ts", "last_ts"]).to_pandas()
     return Tables(
         connections=conn_table, frames=frame_table,
         endpoints=endpoints.endpoint_table(conn_df, params.msl),

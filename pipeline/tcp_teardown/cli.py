@@ -65,10 +65,9 @@ def analyze(
             sniff(capture)
         prepare_out_dir(out)
         tables = analyze_tables(captures, Params(idle_threshold, msl), str(engine), tshark)
-        run_report.write_run(out, tables)
+        summary = run_report.write_run(out, tables)
     except TeardownError as error:
         raise fail(error) from None
-    summary = run_report.summary(tables)
     typer.echo(json.dumps(summary, indent=2) if as_json else run_report.render(summary))
     for file in tables.files:
         for warning in file.warnings:

@@ -10,6 +10,7 @@ each connection is a contiguous run of that order.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -56,6 +57,18 @@ class Segments:
         out[groups] = hits[first]
         return out
 
+    def slice(self, c0: int, c1: int) -> Segments:
+        """Connections c0..c1-1 as their own Segments (array views; connection ids rebased)."""
+        p0 = int(self.starts[c0]) if c1 > c0 else 0
+        p1 = int(self.ends[c1 - 1]) if c1 > c0 else 0
+        view = slice(p0, p1)
+        return Segments(
+            conn=self.conn[view] - c0, frame=self.frame[view], ts=self.ts[view], flags=self.flags[view],
+            seq=self.seq[view], ack=self.ack[view], payload=self.payload[view], ttl=self.ttl[view],
+            stream=self.stream[view], src_ep=self.src_ep[view], c2s=self.c2s[view],
+            starts=self.starts[c0:c1] - p0, ends=self.ends[c0:c1] - p0,
+        )
+
     def count_where(self, mask: np.ndarray) -> np.ndarray:
         return np.bincount(self.conn[mask], minlength=self.count).astype(np.int64)
 
@@ -80,24 +93,40 @@ class Split:
     segments: Segments
     identity: pd.DataFrame  # one row per connection: roles, addresses, flow_id ...
 
+    def slices(self, packets: int) -> list[tuple[int, int]]:
+        """Connection ranges of about `packets` packets each, never cutting a 4-tuple in two."""
+        count = self.segments.count
+        if count == 0:
+            return []
+        pair = self.identity["pair"].to_numpy()
+        pair_first = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])  # connection index
+        position = self.segments.starts[pair_first]
+        target = np.arange(packets, int(self.segments.ends[-1]), packets)
+        cuts = np.unique(pair_first[np.searchsorted(position, target, side="right") - 1])
+        bounds = [0, *[int(c) for c in cuts if 0 < c < count], count]
+        return list(pairwise(bounds))
+
 
 def split_connections(packets: pa.Table) -> Split:
     """Connections of one capture's packet table (schema.PACKETS)."""
     n = packets.num_rows
+    # Encode chunk by chunk, then unify: the address strings are never copied whole.
     ips = pc.dictionary_encode(pa.chunked_array(
-        packets.column("src_ip").chunks + packets.column("dst_ip").chunks
-    ).combine_chunks())
-    codes = ips.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    ip_names = np.asarray(ips.dictionary.to_pylist(), dtype=object)
+        packets.column("src_ip").chunks + packets.column("dst_ip").chunks, pa.string()
+    )).unify_dictionaries()
+    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in ips.chunks]).astype(np.int64) \
+        if ips.num_chunks else np.zeros(0, np.int64)
+    ip_names = np.asarray(ips.chunk(0).dictionary.to_pylist() if ips.num_chunks else [], dtype=object)
     src_port = _np(packets, "src_port").astype(np.int64)
     dst_port = _np(packets, "dst_port").astype(np.int64)
     src_ep = codes[:n] * 65536 + src_port
     dst_ep = codes[n:] * 65536 + dst_port
     lo, hi = np.minimum(src_ep, dst_ep), np.maximum(src_ep, dst_ep)
-    pair = pd.MultiIndex.from_arrays([lo, hi]).factorize()[0] if n else np.zeros(0, np.int64)
+    pair = pair_codes(lo, hi)
     order = np.lexsort((np.arange(n), pair))  # by pair, then capture order
     pair, src_ep, dst_ep = pair[order], src_ep[order], dst_ep[order]
-    flags = _np(packets, "tcp_flags").astype(np.int64)[order]
+    del lo, hi
+    flags = _np(packets, "tcp_flags").astype(np.int16)[order]
     seq = _np(packets, "seq_raw").astype(np.int64)[order]
 
     conn = _connection_index(pair, flags, seq)
@@ -120,8 +149,8 @@ def split_connections(packets: pa.Table) -> Split:
         conn=conn, frame=_np(packets, "frame_number").astype(np.int64)[order],
         ts=_np(packets, "ts").astype(np.float64)[order], flags=flags, seq=seq,
         ack=_np(packets, "ack_raw").astype(np.int64)[order],
-        payload=_np(packets, "payload_len").astype(np.int64)[order],
-        ttl=_np(packets, "ttl").astype(np.int64)[order], stream=stream,
+        payload=_np(packets, "payload_len").astype(np.int32)[order],
+        ttl=_np(packets, "ttl").astype(np.int16)[order], stream=stream,
         src_ep=src_ep, c2s=c2s, starts=starts, ends=ends,
     )
     ip_version = _np(packets, "ip_version").astype(np.int8)[order]
@@ -145,6 +174,15 @@ def split_connections(packets: pa.Table) -> Split:
     return Split(segments, identity)
 
 
+def pair_codes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dense codes of the (a, b) pairs, without building a Python tuple per row."""
+    if len(a) == 0:
+        return np.zeros(0, np.int64)
+    code_a, _ = pd.factorize(a)
+    code_b, uniq_b = pd.factorize(b)
+    return pd.factorize(code_a.astype(np.int64) * len(uniq_b) + code_b)[0].astype(np.int64)
+
+
 def _np(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).to_numpy()
 
@@ -163,7 +201,7 @@ def _connection_index(pair: np.ndarray, flags: np.ndarray, seq: np.ndarray) -> n
     has_prev = prev_syn >= start_of_pair
     repeats = has_prev & (seq[np.maximum(prev_syn, 0)] == seq)
     new = pair_start | (pure_syn & ~repeats)
-    return np.cumsum(new) - 1
+    return (np.cumsum(new) - 1).astype(np.int32)
 
 
 def _roles(

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from tcp_teardown.schema import ENDPOINTS, HOSTS
+from tcp_teardown.schema import ENDPOINTS, HOSTS, arrow_table
 from tcp_teardown.vocab import CLOSE_VALUES, OPEN_VALUES, Close, Flag, Open
 
 KEY = ["server_ip", "server_port"]
@@ -39,7 +39,7 @@ def endpoint_table(conns: pd.DataFrame, msl: float) -> pa.Table:
     peaks = hosts.set_index("ip")["time_wait_peak"]
     out = out.reset_index()
     out["server_time_wait_peak"] = out["server_ip"].map(peaks).fillna(0).astype(np.int64)
-    return pa.Table.from_pandas(out[ENDPOINTS.names], schema=ENDPOINTS, preserve_index=False)
+    return arrow_table(out[ENDPOINTS.names], ENDPOINTS)
 
 
 def _half_open_peak(conns: pd.DataFrame) -> pd.Series:
@@ -83,4 +83,4 @@ def host_frame(conns: pd.DataFrame, msl: float) -> pd.DataFrame:
 def host_table(conns: pd.DataFrame, msl: float) -> pa.Table:
     if conns.empty:
         return HOSTS.empty_table()
-    return pa.Table.from_pandas(host_frame(conns, msl)[HOSTS.names], schema=HOSTS, preserve_index=False)
+    return arrow_table(host_frame(conns, msl)[HOSTS.names], HOSTS)

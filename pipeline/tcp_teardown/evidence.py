@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from tcp_teardown.connections import Segments
+from tcp_teardown.connections import Segments, pair_codes
+from tcp_teardown.lists import as_series, grouped_list
 from tcp_teardown.vocab import Close, Flag, Open
 
 ORDERLY = {str(Close.FIN_BY_CLIENT), str(Close.FIN_BY_SERVER), str(Close.FIN_SIMULTANEOUS)}
@@ -53,6 +55,9 @@ def key_frame_rows(seg: Segments, lab: pd.DataFrame) -> pd.DataFrame:
     add(second_fin, "second FIN", close, orderly)
     add(second_fin, "FIN+ACK", str(Flag.THREE_WAY_CLOSE), flag(Flag.THREE_WAY_CLOSE))
     add(lab["final_ack"].to_numpy(), "final ACK", close, orderly)
+    for side in ("client", "server"):
+        add(lab[f"{side}_fin_revealed"].to_numpy(), f"ACK revealing the unseen {side} FIN", close,
+            orderly | (close == str(Close.HALF_CLOSED)))
     add(rst, "RST", close, aborted)
     add(rst, "RST", open_, open_ == str(Open.REFUSED))
     add(rst, "RST after FIN", str(Flag.RST_AFTER_FIN), flag(Flag.RST_AFTER_FIN))
@@ -107,13 +112,12 @@ def _retransmitted_fins(seg: Segments, lab: pd.DataFrame) -> list[pd.DataFrame]:
 
 def group_key_frames(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (connection, frame) with the lists of its roles and labels, in frame order."""
-    if rows.empty:
-        return pd.DataFrame({"conn": pd.Series([], dtype=np.int64), "frame": pd.Series([], dtype=np.int64),
-                             "roles": pd.Series([], dtype=object), "labels": pd.Series([], dtype=object)})
-    grouped = rows.groupby(["conn", "frame"], sort=True)
-    out = grouped.agg(roles=("role", _unique_list), labels=("label", _unique_list)).reset_index()
+    rows = rows.sort_values(["conn", "frame"], kind="stable")
+    keys = rows[["conn", "frame"]].drop_duplicates()
+    key_id = pair_codes(rows["conn"].to_numpy(), rows["frame"].to_numpy())
+    out = keys.reset_index(drop=True)
+    for column, target in (("role", "roles"), ("label", "labels")):
+        unique = pd.DataFrame({"k": key_id, "v": rows[column].to_numpy()}).drop_duplicates()
+        out[target] = as_series(grouped_list(unique["k"].to_numpy(), pa.array(unique["v"].tolist(), pa.string()),
+                                             len(out)))
     return out
-
-
-def _unique_list(values: pd.Series) -> list[str]:
-    return list(dict.fromkeys(values.tolist()))

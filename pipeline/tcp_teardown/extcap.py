@@ -29,16 +29,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import logging
 import os
 import stat
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
 from tcp_teardown.errors import ExitCode, TeardownError
-from tcp_teardown.pcapng_writer import PcapngWriter, section_header
+from tcp_teardown.pcapng_writer import (
+    CaptureFormatError,
+    CaptureReader,
+    PcapngWriter,
+    first_linktype,
+    replay,
+    section_header,
+)
 
 INTERFACE = "tcpteardown"
 DISPLAY = "TCP teardown (annotated replay)"
@@ -112,8 +121,6 @@ def dlts_lines(capture_file: str | None) -> list[str]:
     """One link type. Without a capture file (Wireshark asks before one is chosen) Ethernet."""
     linktype = DEFAULT_DLT
     if capture_file:
-        from tcp_teardown.pcapng_writer import CaptureFormatError, first_linktype
-
         # A bad file is reported by the capture call; the hint then stays Ethernet.
         with contextlib.suppress(OSError, CaptureFormatError):
             linktype = first_linktype(Path(capture_file)) or DEFAULT_DLT
@@ -210,7 +217,6 @@ def capture(args: argparse.Namespace, writer: PcapngWriter) -> int:
     stream is coming, instead of timing out on silence during a long analysis.
     """
     from tcp_teardown.annotate import COMMENT_PREFIX, analyze_for_comments, parse_labels
-    from tcp_teardown.pcapng_writer import CaptureFormatError, CaptureReader, replay
 
     capture_file = _checked_capture_file(args.capture_file)
     try:
@@ -230,7 +236,10 @@ def capture(args: argparse.Namespace, writer: PcapngWriter) -> int:
             frames = replay(reader, writer, annotations.comment_for, COMMENT_PREFIX)
     except CaptureFormatError as exc:
         # Everything before the damage has been replayed; say where it stopped.
-        raise TeardownError(f"{capture_file}: {exc}", ExitCode.TRUNCATED) from exc
+        text = str(exc)
+        if not text.startswith(str(capture_file)):
+            text = f"{capture_file}: {text}"
+        raise TeardownError(text, ExitCode.TRUNCATED) from exc
     writer.flush()
     return frames
 
@@ -246,6 +255,8 @@ def _checked_capture_file(value: str | None) -> Path:
         raise TeardownError(f"{path}: no such file", ExitCode.INPUT_MISSING)
     if not path.is_file():
         raise TeardownError(f"{path}: not a regular file", ExitCode.INPUT_MISSING)
+    if not os.access(path, os.R_OK):
+        raise TeardownError(f"{path}: cannot read (permission denied)", ExitCode.INPUT_MISSING)
     return path
 
 
@@ -328,6 +339,10 @@ def _quiet_close(stream: BinaryIO | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: `python -m tcp_teardown.extcap ...` and the installed launcher."""
+    # Wireshark treats anything on our stderr as an error report, so library log records
+    # and Python warnings must not reach it: errors arrive as exceptions, one line each.
+    logging.getLogger().addHandler(logging.NullHandler())
+    warnings.simplefilter("ignore")
     return int(run(sys.argv[1:] if argv is None else argv))
 
 

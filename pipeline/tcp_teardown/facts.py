@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from tcp_teardown import tcpflags as tf
 from tcp_teardown.connections import Segments
+from tcp_teardown.lists import as_series, grouped_list
 
 NONE = -1
 
@@ -91,9 +93,14 @@ def compute_facts(seg: Segments, identity: pd.DataFrame, params: Params) -> pd.D
                                  == (seg.per_packet(fin_end) - 1) % tf.SEQ_SPACE)
         f[f"{side}_fin_count"] = seg.count_where(same_fin)
         f[f"{side}_fin_last"] = seg.last_where(same_fin)
+    _infer_unseen_fin(seg, f, ackf & ~rst)
     cf, sf = f["client_fin"].to_numpy(), f["server_fin"].to_numpy()
+    # An inferred FIN has no frame; it sits where the ACK that reveals it sits.
+    cf_at = np.where(f["client_fin_inferred"], f["client_fin_revealed"], cf)
+    sf_at = np.where(f["server_fin_inferred"], f["server_fin_revealed"], sf)
+    f["client_fin_sent"], f["server_fin_sent"] = cf_at >= 0, sf_at >= 0
     both = (cf >= 0) & (sf >= 0)
-    client_first = (cf >= 0) & ((sf < 0) | (cf < sf))
+    client_first = (cf_at >= 0) & ((sf_at < 0) | (cf_at < sf_at))
     f["first_fin"] = np.where(client_first, cf, sf)
     f["second_fin"] = np.where(both, np.where(client_first, sf, cf), NONE)
     f["first_fin_by_client"] = client_first
@@ -136,44 +143,65 @@ def compute_facts(seg: Segments, identity: pd.DataFrame, params: Params) -> pd.D
     return f
 
 
+def _infer_unseen_fin(seg: Segments, f: pd.DataFrame, acking: np.ndarray) -> None:
+    """One-direction captures: infer the unseen side's FIN from the visible side's ACKs.
+
+    When only one side is on the wire, the unseen peer's FIN shows as the visible side's
+    last acknowledgement moving forward by exactly one sequence number (a FIN consumes
+    one number and carries no data). That ACK "reveals" the FIN and stands in its place.
+    """
+    for side in ("client", "server"):
+        f[f"{side}_fin_inferred"] = False
+        f[f"{side}_fin_revealed"] = NONE
+    one_way = (f["packets_c2s"].to_numpy() == 0) | (f["packets_s2c"].to_numpy() == 0)
+    idx = np.flatnonzero(acking & seg.per_packet(one_way)) if one_way.any() else np.zeros(0, np.int64)
+    if len(idx) == 0:
+        return
+    conn, ack = seg.conn[idx], seg.ack[idx]
+    is_last = np.r_[conn[1:] != conn[:-1], True]
+    final_value = np.full(seg.count, -1, dtype=np.int64)
+    final_value[conn[is_last]] = ack[is_last]
+    hits = np.flatnonzero(ack == final_value[conn])
+    groups, first = np.unique(conn[hits], return_index=True)
+    pos = hits[first]  # where (in idx) each connection's ACK first reaches its final value
+    prev = np.maximum(pos - 1, 0)
+    moved_by_one = (pos > 0) & (conn[prev] == groups) & (tf.seq_diff(ack[pos], ack[prev]) == 1)
+    groups, revealing = groups[moved_by_one], idx[pos[moved_by_one]]
+    for unseen, visible_is_client in (("server", True), ("client", False)):
+        sel = (seg.c2s[revealing] == visible_is_client) & (f[f"{unseen}_fin"].to_numpy()[groups] < 0)
+        f.loc[groups[sel], f"{unseen}_fin_inferred"] = True
+        f.loc[groups[sel], f"{unseen}_fin_revealed"] = revealing[sel]
+
+
 def _at(values: np.ndarray, idx: np.ndarray | pd.Series) -> np.ndarray:
     """values[idx] where idx >= 0, else False."""
     idx = np.asarray(idx)
     return (idx >= 0) & values[np.maximum(idx, 0)] if len(values) else np.zeros(len(idx), bool)
 
 
-def _suspect_rsts(seg: Segments, rst: np.ndarray) -> list[list[int]]:
+def _suspect_rsts(seg: Segments, rst: np.ndarray) -> pd.Series:
     """Per connection, the RST frames whose TTL differs from every non-RST packet of that side."""
     side = seg.conn * 2 + seg.c2s
     normal = pd.DataFrame({"side": side[~rst], "ttl": seg.ttl[~rst]})
     usual = normal.groupby("side")["ttl"].agg(["min", "max"])
     rows = pd.DataFrame({"side": side[rst], "ttl": seg.ttl[rst], "conn": seg.conn[rst],
                          "frame": seg.frame[rst]})
-    rows = rows.join(usual, on="side", how="inner")
+    rows = rows.join(usual, on="side", how="inner").sort_values(["conn", "frame"], kind="stable")
     odd = rows[(rows["ttl"] < rows["min"]) | (rows["ttl"] > rows["max"])]
-    return _lists(odd["conn"].to_numpy(), odd["frame"].to_numpy(), seg.count)
+    return _lists(odd["conn"].to_numpy(), odd["frame"].to_numpy(), seg.count, pa.int64())
 
 
-def _frames(seg: Segments, mask: np.ndarray) -> list[list[int]]:
-    return _lists(seg.conn[mask], seg.frame[mask], seg.count)
+def _frames(seg: Segments, mask: np.ndarray) -> pd.Series:
+    return _lists(seg.conn[mask], seg.frame[mask], seg.count, pa.int64())
 
 
-def _gaps(seg: Segments, mask: np.ndarray) -> list[list[float]]:
+def _gaps(seg: Segments, mask: np.ndarray) -> pd.Series:
     conn, ts = seg.conn[mask], seg.ts[mask]
-    if len(conn) == 0:
-        return [[] for _ in range(seg.count)]
-    same = np.r_[False, conn[1:] == conn[:-1]]
+    same = np.r_[False, conn[1:] == conn[:-1]] if len(conn) else np.zeros(0, bool)
     gaps = np.r_[0.0, np.diff(ts)] if len(ts) else np.zeros(0)
-    return _lists(conn[same], np.round(gaps[same], 6), seg.count)
+    return _lists(conn[same], np.round(gaps[same], 6), seg.count, pa.float64())
 
 
-def _lists(groups: np.ndarray, values: np.ndarray, count: int) -> list[list]:
-    """Per group (sorted group ids), the list of its values; empty lists elsewhere."""
-    out: list[list] = [[] for _ in range(count)]
-    if len(groups) == 0:
-        return out
-    bounds = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1], True])
-    pieces = np.split(values, bounds[1:-1])
-    for g, piece in zip(groups[bounds[:-1]].tolist(), pieces, strict=True):
-        out[g] = piece.tolist()
-    return out
+def _lists(groups: np.ndarray, values: np.ndarray, count: int, value_type: pa.DataType) -> pd.Series:
+    """Per connection (sorted group ids), the list of its values; empty lists elsewhere."""
+    return as_series(grouped_list(groups, values, count, value_type))

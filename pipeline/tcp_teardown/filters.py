@@ -39,23 +39,26 @@ def set_filters(field: str, members: list[int]) -> tuple[str, ...]:
 
 def label_filters(conns: pd.DataFrame, frames: pd.DataFrame) -> list[LabelFilter]:
     """Every label present in each capture, with its stream and frame filters."""
-    out: list[LabelFilter] = []
-    for file, file_conns in conns.groupby("file", sort=False):
-        file_frames = frames[frames["file"] == file]
-        opens = file_conns["open"].astype(str)
-        closes = file_conns["close"].astype(str)
-        flag_sets = file_conns["flags"].map(set)
-        frame_labels = file_frames["labels"].map(set)
-        for label in LABELS:
-            chosen = (opens == label) | (closes == label) | flag_sets.map(lambda s, x=label: x in s)
-            if not chosen.any():
-                continue
-            streams = file_conns.loc[chosen, "tcp_stream"].dropna().astype(int).tolist()
-            key = file_frames.loc[frame_labels.map(lambda s, x=label: x in s), "frame_number"]
-            out.append(LabelFilter(str(file), label, int(chosen.sum()),
-                                   set_filters("tcp.stream", streams),
-                                   set_filters("frame.number", key.astype(int).tolist())))
-    return out
+    base = conns[["file", "tcp_stream"]].reset_index(drop=True)
+    per_conn = pd.concat([
+        base.assign(label=conns["open"].astype(str).to_numpy()),
+        base.assign(label=conns["close"].astype(str).to_numpy()),
+        base.join(conns["flags"].reset_index(drop=True).explode().rename("label")).dropna(subset=["label"]),
+    ], ignore_index=True)
+    per_frame = frames[["file", "frame_number"]].reset_index(drop=True).join(
+        frames["labels"].reset_index(drop=True).explode().rename("label")).dropna(subset=["label"])
+    order = {label: i for i, label in enumerate(LABELS)}
+    counts = per_conn.groupby(["file", "label"], sort=False).size()
+    streams = per_conn.dropna(subset=["tcp_stream"]).groupby(["file", "label"], sort=False)["tcp_stream"]
+    key_frames = per_frame.groupby(["file", "label"], sort=False)["frame_number"]
+    stream_sets = {k: v.astype(int).tolist() for k, v in streams}
+    frame_sets = {k: v.astype(int).tolist() for k, v in key_frames}
+    files = list(dict.fromkeys(conns["file"].tolist()))
+    keys = sorted(counts.index, key=lambda k: (files.index(k[0]), order.get(k[1], len(order))))
+    return [LabelFilter(str(file), str(label), int(counts[(file, label)]),
+                        set_filters("tcp.stream", stream_sets.get((file, label), [])),
+                        set_filters("frame.number", frame_sets.get((file, label), [])))
+            for file, label in keys]
 
 
 def render_text(filters: list[LabelFilter]) -> str:

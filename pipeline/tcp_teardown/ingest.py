@@ -255,13 +255,15 @@ def ek_to_packets(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 
 def _ipv6_is_innermost(raw: dict[str, pa.Array]) -> pa.Array:
-    """True where the IP header right under TCP is IPv6 (tunnels can stack v4 and v6)."""
+    """True where the IP header right under TCP is IPv6 (tunnels can stack v4 and v6).
+
+    With both present, IPv4 is innermost exactly when its last header carries TCP
+    (protocol 6); otherwise it carries the tunnel (UDP for Teredo, 41 for 6in4, ...).
+    """
     has_v4 = pc.is_valid(raw["ip_src"])
     has_v6 = pc.is_valid(raw["ipv6_src"])
-    inner_v6 = pc.match_substring_regex(
-        pc.fill_null(raw["protocols"], ""), r"ipv6(:ipv6\.[a-z]+)*:tcp(:|$)"
-    )
-    return pc.and_(has_v6, pc.or_(pc.invert(has_v4), inner_v6))
+    v4_carries_tcp = pc.fill_null(pc.equal(raw["ip_proto"], 6), False)
+    return pc.and_(has_v6, pc.or_(pc.invert(has_v4), pc.invert(v4_carries_tcp)))
 
 
 def read_packets(

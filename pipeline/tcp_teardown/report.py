@@ -6,14 +6,17 @@ import platform
 from dataclasses import asdict
 from pathlib import Path
 
+import pandas as pd
+
 from tcp_teardown import __version__, filters
 from tcp_teardown.api import Tables, summary_counts
 from tcp_teardown.output import write_all
 
 
-def summary(tables: Tables) -> dict:
+def summary(tables: Tables, conns: pd.DataFrame | None = None) -> dict:
     """Everything a later reader needs to trust or reproduce the run."""
-    conns = tables.connections.to_pandas()
+    if conns is None:
+        conns = tables.connections.select(["open", "close", "flags"]).to_pandas()
     return {
         "tcp_teardown": __version__,
         "tshark": tables.tshark.version_text if tables.tshark else None,
@@ -26,11 +29,13 @@ def summary(tables: Tables) -> dict:
     }
 
 
-def write_run(out: Path, tables: Tables) -> None:
+def write_run(out: Path, tables: Tables) -> dict:
     """All output files of one run, each written to a temp name and renamed."""
-    conns, frames = tables.connections.to_pandas(), tables.frames.to_pandas()
+    conns = tables.connections.select(["file", "tcp_stream", "open", "close", "flags"]).to_pandas()
+    frames = tables.frames.select(["file", "frame_number", "labels"]).to_pandas()
     label_filters = filters.label_filters(conns, frames)
-    run = summary(tables)
+    run = summary(tables, conns)
+    del conns, frames
     import json
 
     write_all(
@@ -47,6 +52,7 @@ def write_run(out: Path, tables: Tables) -> None:
             "summary.json": json.dumps(run, indent=2, default=str) + "\n",
         },
     )
+    return run
 
 
 def render(run: dict) -> str:

@@ -7,6 +7,7 @@ The other schemas are the public output tables (docs/teardown-taxonomy.md).
 
 from __future__ import annotations
 
+import pandas as pd
 import pyarrow as pa
 
 from tcp_teardown.vocab import CLOSE_VALUES, OPEN_VALUES
@@ -113,3 +114,8 @@ HOSTS = pa.schema(
 def empty_table(schema: pa.Schema) -> pa.Table:
     """A zero-row table of `schema`, so "nothing found" is still a correctly typed table."""
     return schema.empty_table()
+
+
+def arrow_table(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """DataFrame -> Arrow table of `schema`, without pandas' dtype metadata (readers decide dtypes)."""
+    return pa.Table.from_pandas(df, schema=schema, preserve_index=False).replace_schema_metadata(None)

@@ -34,7 +34,7 @@ class Field:
 FIELDS: tuple[Field, ...] = (
     Field("frame.number", "frame_number", "int"),
     Field("frame.time_epoch", "ts", "float"),
-    Field("frame.protocols", "protocols", "str"),
+    Field("ip.proto", "ip_proto", "int"),
     Field("ip.src", "ip_src", "str"),
     Field("ip.dst", "ip_dst", "str"),
     Field("ipv6.src", "ipv6_src", "str"),

@@ -23,13 +23,14 @@ import struct
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
 COMMAND_TIMEOUT_S = 10.0
+CAPTURE_LIMIT_S = 120
 
 # Linux TCP_REPAIR socket options (linux/tcp.h); Python 3.11's socket module lacks them.
 TCP_REPAIR = 19
@@ -52,9 +53,7 @@ class NetnsError(RuntimeError):
 def run(args: Sequence[str], *, stdin: str | None = None, timeout: float = COMMAND_TIMEOUT_S) -> str:
     """Run a command to completion (bounded in time) and return its stdout."""
     try:
-        done = subprocess.run(
-            list(args), input=stdin, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        done = subprocess.run(list(args), input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         raise NetnsError(f"timed out after {timeout} s: {' '.join(args)}") from exc
     if done.returncode != 0:
@@ -147,8 +146,23 @@ def veth_link(index: int, *, ipv6: bool = False, sysctls: dict[str, str] | None 
         for ns in (client_ns, server_ns):
             run(["ip", "netns", "add", ns])
             created.append(ns)
-        run(["ip", "link", "add", client_if, "netns", client_ns, "type", "veth",
-             "peer", "name", server_if, "netns", server_ns])
+        run(
+            [
+                "ip",
+                "link",
+                "add",
+                client_if,
+                "netns",
+                client_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                server_if,
+                "netns",
+                server_ns,
+            ]
+        )
         for ns, ifname, ip in ((client_ns, client_if, client_ip), (server_ns, server_if, server_ip)):
             # nodad: duplicate address detection would hold IPv6 addresses back for ~1 s.
             extra = ["nodad"] if ipv6 else []
@@ -163,10 +177,8 @@ def veth_link(index: int, *, ipv6: bool = False, sysctls: dict[str, str] | None 
         # Deleting a namespace also deletes its end of the veth pair (and so the pair)
         # and every socket still open in it.
         for ns in created:
-            try:
+            with suppress(NetnsError):
                 run(["ip", "netns", "del", ns])
-            except NetnsError:
-                pass
 
 
 class Firewall:
@@ -181,12 +193,15 @@ class Firewall:
 
     def __init__(self, ns: str) -> None:
         self.ns = ns
-        run(ns_exec(ns, "nft", "-f", "-"), stdin=(
-            "table inet ttd {\n"
-            "  chain input { type filter hook input priority 0; policy accept; }\n"
-            "  chain output { type filter hook output priority 0; policy accept; }\n"
-            "}\n"
-        ))
+        run(
+            ns_exec(ns, "nft", "-f", "-"),
+            stdin=(
+                "table inet ttd {\n"
+                "  chain input { type filter hook input priority 0; policy accept; }\n"
+                "  chain output { type filter hook output priority 0; policy accept; }\n"
+                "}\n"
+            ),
+        )
 
     def add(self, chain: str, rule: str) -> None:
         """Append `rule` (nft syntax, e.g. "tcp flags & syn == syn drop") to `chain`."""
@@ -212,8 +227,7 @@ class Capture:
     `direction` is tcpdump's -Q ("in" or "out") for one-direction captures.
     """
 
-    def __init__(self, endpoint: Endpoint, path: Path, *, direction: str | None = None,
-                 bpf: str = "tcp") -> None:
+    def __init__(self, endpoint: Endpoint, path: Path, *, direction: str | None = None, bpf: str = "tcp") -> None:
         self.endpoint = endpoint
         self.path = path
         self.direction = direction
@@ -223,11 +237,29 @@ class Capture:
     def start(self, timeout: float = 5.0) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         argv = ns_exec(
-            self.endpoint.ns, "tcpdump", "-i", self.endpoint.ifname, "-n", "-s", "0",
+            self.endpoint.ns,
+            # A hard upper bound: should this process die without stopping tcpdump,
+            # tcpdump (and with it the namespace it holds) still goes away. timeout
+            # passes our SIGINT on to tcpdump.
+            "timeout",
+            "-s",
+            "INT",
+            str(CAPTURE_LIMIT_S),
+            "tcpdump",
+            "-i",
+            self.endpoint.ifname,
+            "-n",
+            "-s",
+            "0",
             # -U and immediate mode: every packet goes to the file at once, so nothing
             # is left in a buffer when tcpdump is interrupted. -Z root: keep the rights
             # to write the output folder (tcpdump would switch to its own user first).
-            "-U", "--immediate-mode", "-Z", "root", "-w", str(self.path),
+            "-U",
+            "--immediate-mode",
+            "-Z",
+            "root",
+            "-w",
+            str(self.path),
         )
         if self.direction:
             argv += ["-Q", self.direction]
@@ -317,16 +349,31 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def send_raw_tcp(ns: str, src: tuple[str, int], dst: tuple[str, int], *, seq: int, ack: int,
-                 flags: int, payload: bytes = b"", ttl: int = 64, window: int = 0) -> None:
+def send_raw_tcp(
+    ns: str,
+    src: tuple[str, int],
+    dst: tuple[str, int],
+    *,
+    seq: int,
+    ack: int,
+    flags: int,
+    payload: bytes = b"",
+    ttl: int = 64,
+    window: int = 0,
+) -> None:
     """Send one hand-made IPv4 TCP segment from namespace `ns`, bypassing its TCP stack.
 
     The kernel adds the IP header (with `ttl`); the TCP header carries no options.
     """
-    header = struct.pack("!HHIIBBHHH", src[1], dst[1], seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
-                         5 << 4, flags, window, 0, 0)
-    pseudo = struct.pack("!4s4sBBH", socket.inet_aton(src[0]), socket.inet_aton(dst[0]), 0,
-                         socket.IPPROTO_TCP, len(header) + len(payload))
+    header = struct.pack("!HHIIBBHHH", src[1], dst[1], seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, window, 0, 0)
+    pseudo = struct.pack(
+        "!4s4sBBH",
+        socket.inet_aton(src[0]),
+        socket.inet_aton(dst[0]),
+        0,
+        socket.IPPROTO_TCP,
+        len(header) + len(payload),
+    )
     checksum = _checksum(pseudo + header + payload)
     segment = header[:16] + struct.pack("!H", checksum) + header[18:] + payload
     raw = socket_in(ns, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
@@ -383,8 +430,8 @@ def read_pcap(path: Path) -> Wire:
     wire = Wire()
     offset, frame = 24, 0
     while offset + 16 <= len(data):
-        sec, frac, caplen, _ = struct.unpack(endian + "IIII", data[offset:offset + 16])
-        raw = data[offset + 16:offset + 16 + caplen]
+        sec, frac, caplen, _ = struct.unpack(endian + "IIII", data[offset : offset + 16])
+        raw = data[offset + 16 : offset + 16 + caplen]
         offset += 16 + caplen
         frame += 1
         packet = _parse_frame(frame, sec + frac / (1e9 if nano else 1e6), raw)
@@ -412,11 +459,18 @@ def _parse_frame(frame: int, ts: float, raw: bytes) -> Packet | None:
         ttl = ip[7]
         src_ip = str(ipaddress.IPv6Address(ip[8:24]))
         dst_ip = str(ipaddress.IPv6Address(ip[24:40]))
-        tcp = ip[40:40 + length]
+        tcp = ip[40 : 40 + length]
     else:
         return None
     sport, dport, seq, ack, offset_byte, flags = struct.unpack("!HHIIBB", tcp[:14])
     return Packet(
-        frame=frame, ts=ts, src=(src_ip, sport), dst=(dst_ip, dport), seq=seq, ack=ack,
-        flags=flags, payload_len=len(tcp) - (offset_byte >> 4) * 4, ttl=ttl,
+        frame=frame,
+        ts=ts,
+        src=(src_ip, sport),
+        dst=(dst_ip, dport),
+        seq=seq,
+        ack=ack,
+        flags=flags,
+        payload_len=len(tcp) - (offset_byte >> 4) * 4,
+        ttl=ttl,
     )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from tcp_teardown.facts import Params
+from tcp_teardown.lists import as_series, grouped_list
 from tcp_teardown.rules.registry import CLOSE_RULES, FLAG_RULES, OPEN_RULES, Rule
 from tcp_teardown.vocab import Close, TimeWaitSide
 
@@ -40,14 +42,9 @@ def apply_rules(facts: pd.DataFrame, params: Params) -> pd.DataFrame:
     return out
 
 
-def _flag_lists(masks: dict[str, np.ndarray], count: int) -> list[list[str]]:
+def _flag_lists(masks: dict[str, np.ndarray], count: int) -> pd.Series:
     """Per connection, its flags in taxonomy order."""
-    if not masks or count == 0:
-        return [[] for _ in range(count)]
     names = np.array(list(masks), dtype=object)
-    matrix = np.column_stack(list(masks.values()))
-    rows, cols = np.nonzero(matrix)
-    out: list[list[str]] = [[] for _ in range(count)]
-    for row, name in zip(rows.tolist(), names[cols].tolist(), strict=True):
-        out[row].append(name)
-    return out
+    matrix = np.column_stack(list(masks.values())) if masks and count else np.zeros((count, 0), bool)
+    rows, cols = np.nonzero(matrix)  # row-major: grouped by connection, flags in order
+    return as_series(grouped_list(rows, pa.array(names[cols].tolist(), pa.string()), count))

@@ -27,7 +27,8 @@ def _aborted(f: pd.DataFrame) -> np.ndarray:
 
 
 def _fin_count(f: pd.DataFrame) -> np.ndarray:
-    return (f["client_fin"] >= 0).to_numpy().astype(int) + (f["server_fin"] >= 0).to_numpy()
+    """FINs sent: seen on the wire, or (one-direction captures) revealed by the visible ACKs."""
+    return f["client_fin_sent"].to_numpy().astype(int) + f["server_fin_sent"].to_numpy()
 
 
 @close_rule

@@ -115,4 +115,4 @@ def one_direction_only(f: pd.DataFrame, p: Params) -> np.ndarray:
 @flag_rule
 def rst_suspect_injected(f: pd.DataFrame, p: Params) -> np.ndarray:
     """A RST whose TTL / hop limit differs from the other packets of its side (a middlebox sent it)."""
-    return f["suspect_rst"].map(len).to_numpy() > 0
+    return f["suspect_rst"].list.len().to_numpy() > 0
