@@ -142,7 +142,7 @@ def test_tshark_killed_mid_file(tmp_path: Path) -> None:
 kill -9 $$
 ''')
     out = tmp_path / "o"
-    result = run_cli("analyze", SAMPLE, "--out", out, "--tshark", fake)
+    result = run_cli("analyze", SAMPLE, "--out", out, "--tshark", fake, "--engine", "tshark")
     assert result.returncode == ExitCode.TSHARK_FAILED, result.stderr
     assert "killed" in one_line_error(result)
     assert not (out / "connections.parquet").exists()

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tcp_teardown import endpoints, filters
 from tcp_teardown.analysis import analyze_packets
+from tcp_teardown.errors import ExitCode, TeardownError, display_path
 from tcp_teardown.facts import Params
 from tcp_teardown.ingest import ReadReport, read_packet_table
 from tcp_teardown.schema import CONNECTIONS, FRAMES
@@ -52,24 +54,31 @@ class Tables:
 
 
 def file_digest(path: Path) -> tuple[int, str]:
+    """Size and SHA-256 of the bytes read (a file replaced mid-run is an input error)."""
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return path.stat().st_size, digest.hexdigest()
+    size = 0
+    try:
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise TeardownError(f"{path}: cannot read: {exc.strerror or exc}", ExitCode.INPUT_MISSING) from exc
+    return size, digest.hexdigest()
 
 
-def analyze_file(path: Path, params: Params, engine: str = "tshark",
+def analyze_file(path: Path, params: Params, engine: str = "auto",
                  tshark: Tshark | None = None, name: str | None = None) -> tuple[pa.Table, pa.Table, FileReport]:
     """Labelled connections and key frames of one capture, and a report of the read."""
     report = ReadReport()
     holder = [read_packet_table(path, engine, tshark, report)]
     packet_count = holder[0].num_rows
     # The list lets analyze_packets drop the only reference once it has its own arrays.
-    result = analyze_packets(holder, name or str(path), params)
+    name = name or display_path(path)
+    result = analyze_packets(holder, name, params)
     size, sha = file_digest(path)
     return result.connections, result.frames, FileReport(
-        path=name or str(path), size=size, sha256=sha, engine=report.engine,
+        path=name, size=size, sha256=sha, engine=report.engine,
         packets=packet_count, connections=result.connections.num_rows,
         truncated=report.truncated, warnings=report.warnings,
         fallback_reason=report.fallback_reason,
@@ -77,14 +86,14 @@ def analyze_file(path: Path, params: Params, engine: str = "tshark",
 
 
 def analyze_tables(paths: Iterable[Path | str], params: Params | None = None,
-                   engine: str = "tshark", tshark_path: str | None = None) -> Tables:
+                   engine: str = "auto", tshark_path: str | None = None) -> Tables:
     """Analyze captures one after the other; combine their tables."""
     params = params or Params()
     paths = [Path(p) for p in paths]
     tshark = find_tshark(tshark_path) if engine != "native" else None
     conns, frames, reports = [], [], []
     for path in paths:
-        c, f, report = analyze_file(path, params, engine, tshark, name=str(path))
+        c, f, report = analyze_file(path, params, engine, tshark, name=display_path(path))
         conns.append(c)
         frames.append(f)
         reports.append(report)
@@ -132,10 +141,10 @@ class Result:
         return to_frame(self.tables.hosts)
 
     def filters(self) -> list[filters.LabelFilter]:
-        return filters.label_filters(self.tables.connections.to_pandas(), self.tables.frames.to_pandas())
+        return filters.label_filters(self.tables.connections, self.tables.frames)
 
     def _repr_html_(self) -> str:
-        conns = self.tables.connections.to_pandas()
+        conns = self.tables.connections
         counts = summary_counts(conns)
         rows = "".join(
             f"<tr><td>{kind}</td><td>{label}</td><td>{n}</td></tr>"
@@ -145,20 +154,27 @@ class Result:
                 f"capture(s)<table><tr><th>kind</th><th>label</th><th>connections</th></tr>{rows}</table>")
 
 
-def summary_counts(conns: pd.DataFrame) -> dict[str, dict[str, int]]:
-    """Connections per open value, close value and flag."""
-    if conns.empty:
+def summary_counts(conns: pa.Table) -> dict[str, dict[str, int]]:
+    """Connections per open value, close value and flag (counted in Arrow, most first)."""
+    def counts(array: pa.Array | pa.ChunkedArray) -> dict[str, int]:
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks() if array.num_chunks else pa.array([], pa.string())
+        if pa.types.is_dictionary(array.type):
+            array = array.cast(pa.string())
+        pairs = pc.value_counts(array).to_pylist()
+        return dict(sorted(((str(p["values"]), int(p["counts"])) for p in pairs), key=lambda kv: -kv[1]))
+
+    if conns.num_rows == 0:
         return {"open": {}, "close": {}, "flags": {}}
-    flags = conns["flags"].explode().dropna()
     return {
-        "open": {str(k): int(v) for k, v in conns["open"].astype(str).value_counts().items()},
-        "close": {str(k): int(v) for k, v in conns["close"].astype(str).value_counts().items()},
-        "flags": {str(k): int(v) for k, v in flags.value_counts().items()},
+        "open": counts(conns.column("open")),
+        "close": counts(conns.column("close")),
+        "flags": counts(pc.list_flatten(conns.column("flags"))),
     }
 
 
 def analyze(paths: Iterable[Path | str] | Path | str, idle_threshold: float = 5.0,
-            msl: float = 30.0, engine: str = "tshark", tshark: str | None = None) -> Result:
+            msl: float = 30.0, engine: str = "auto", tshark: str | None = None) -> Result:
     """Analyze one or more captures; returns a `Result` with DataFrames."""
     if isinstance(paths, str | Path):
         paths = [paths]

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
 
-from tcp_teardown.errors import ExitCode, TeardownError
+from tcp_teardown.errors import ExitCode, TeardownError, one_line
 
 app = typer.Typer(
     name="tcp-teardown",
@@ -35,8 +37,13 @@ class Engine(StrEnum):
 
 def fail(error: TeardownError) -> typer.Exit:
     """Print the one line and return the exit to raise."""
-    typer.echo(f"tcp-teardown: {error.message}", err=True)
+    say(error.message)
     return typer.Exit(code=int(error.code))
+
+
+def say(text: str) -> None:
+    """One line on stderr (control characters in file names escaped)."""
+    typer.echo(f"tcp-teardown: {one_line(text)}", err=True)
 
 
 @app.command()
@@ -49,7 +56,7 @@ def analyze(
     msl: Annotated[
         float, typer.Option(min=0.0, help="Maximum segment lifetime in seconds (TIME_WAIT = 2·MSL).")
     ] = 30.0,
-    engine: Annotated[Engine, typer.Option(help="Capture reader: tshark, the native reader, or auto.")] = Engine.TSHARK,
+    engine: Annotated[Engine, typer.Option(help="Capture reader: auto (native, tshark when it declines), native, or tshark.")] = Engine.AUTO,
     tshark: Annotated[str | None, typer.Option(help="Path of the tshark binary to use.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -69,11 +76,11 @@ def analyze(
     except TeardownError as error:
         raise fail(error) from None
     typer.echo(json.dumps(summary, indent=2) if as_json else run_report.render(summary))
-    for file in tables.files:
-        for warning in file.warnings:
-            typer.echo(f"tcp-teardown: {warning}", err=True)
-    if tables.connections.num_rows == 0:
-        typer.echo("tcp-teardown: no TCP in the input (empty tables written)", err=True)
+    warnings = [warning for file in tables.files for warning in file.warnings]
+    for warning in warnings:
+        say(warning)
+    if tables.connections.num_rows == 0 and not warnings:  # a warning already says what was read
+        say("no TCP in the input (empty tables written)")
     if any(f.truncated for f in tables.files):
         raise typer.Exit(code=int(ExitCode.TRUNCATED))
 
@@ -117,22 +124,51 @@ def _register_optional_commands() -> None:
     register(app)
 
 
-def main() -> None:
-    _register_optional_commands()
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM ends a run like Ctrl-C does: temp files removed, tshark stopped, exit 130."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _usage_error_types() -> tuple[type[Exception], ...]:
+    """Typer's command-line errors: its own (vendored click) and click's (older typers)."""
+    kinds: list[type[Exception]] = []
+    if hasattr(typer, "TyperException"):
+        kinds.append(typer.TyperException)
     try:
-        app()
+        import click
+    except ImportError:
+        pass
+    else:
+        kinds.append(click.ClickException)
+    return tuple(kinds)
+
+
+def main() -> None:
+    """The console script: every outcome is an exit code of errors.ExitCode and at most
+    one line on stderr per problem (usage errors too), never a traceback."""
+    _register_optional_commands()
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        code = app(standalone_mode=False)
+    except _usage_error_types() as exc:
+        code = int(getattr(exc, "exit_code", ExitCode.USAGE))
+        if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            say(f"{exc.format_message()}{hint}")
     except KeyboardInterrupt:
-        typer.echo("tcp-teardown: interrupted", err=True)
-        sys.exit(int(ExitCode.INTERRUPTED))
+        code = int(ExitCode.INTERRUPTED)
     except TeardownError as error:
-        typer.echo(f"tcp-teardown: {error.message}", err=True)
-        sys.exit(int(error.code))
-    except Exception as exc:  # a bug: one line for the user, the traceback on request
+        say(error.message)
+        code = int(error.code)
+    except Exception as exc:  # a bug (or typer's Abort): one line, the traceback on request
         if os.environ.get("TCP_TEARDOWN_DEBUG"):
             raise
-        typer.echo(f"tcp-teardown: internal error: {type(exc).__name__}: {exc} "
-                   "(set TCP_TEARDOWN_DEBUG=1 for the traceback)", err=True)
-        sys.exit(int(ExitCode.FAILED))
+        say(f"internal error: {type(exc).__name__}: {exc} (set TCP_TEARDOWN_DEBUG=1 for the traceback)")
+        code = int(ExitCode.FAILED)
+    if code == ExitCode.INTERRUPTED:  # typer turns KeyboardInterrupt (Ctrl-C, SIGTERM) into 130
+        say("interrupted")
+    sys.exit(code if isinstance(code, int) else int(ExitCode.OK))
 
 
 if __name__ == "__main__":

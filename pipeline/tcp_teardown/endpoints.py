@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from tcp_teardown.connections import pair_codes
 from tcp_teardown.schema import ENDPOINTS, HOSTS, arrow_table
 from tcp_teardown.vocab import CLOSE_VALUES, OPEN_VALUES, Close, Flag, Open
 
@@ -18,38 +20,64 @@ KEY = ["server_ip", "server_port"]
 
 
 def endpoint_table(conns: pd.DataFrame, msl: float) -> pa.Table:
-    """One row per server endpoint (ip, port)."""
+    """One row per server endpoint (ip, port), counted with bincount over dense endpoint ids."""
     if conns.empty:
         return ENDPOINTS.empty_table()
-    conns = conns.assign(open=conns["open"].astype(str), close=conns["close"].astype(str))
-    grouped = conns.groupby(KEY, sort=True)
-    out = grouped.size().rename("connections").to_frame()
+    ip_code, _ = pd.factorize(conns["server_ip"])
+    endpoint, first_row = _dense_ids(pair_codes(ip_code, conns["server_port"].to_numpy()))
+    count = len(first_row)
+    out = pd.DataFrame({
+        "server_ip": conns["server_ip"].to_numpy()[first_row],
+        "server_port": conns["server_port"].to_numpy()[first_row],
+        "connections": np.bincount(endpoint, minlength=count),
+    })
     for column, values in (("open", OPEN_VALUES), ("close", CLOSE_VALUES)):
-        counts = pd.crosstab([conns[k] for k in KEY], conns[column])
+        labels = conns[column].astype(str).to_numpy()
         for value in values:
-            out[f"{column}_{value}"] = counts.get(value, 0)
-    out = out.fillna(0)
+            out[f"{column}_{value}"] = np.bincount(endpoint[labels == value], minlength=count)
     orderly = (out[f"close_{Close.FIN_BY_CLIENT}"] + out[f"close_{Close.FIN_BY_SERVER}"]
                + out[f"close_{Close.FIN_SIMULTANEOUS}"])
     out["server_active_close_share"] = (out[f"close_{Close.FIN_BY_SERVER}"] / orderly).where(orderly > 0)
-    out["half_open_peak_per_s"] = _half_open_peak(conns).reindex(out.index, fill_value=0)
-    reuse = conns["flags"].map(lambda flags: str(Flag.PORT_REUSE_TIME_WAIT) in list(flags))
-    out["port_reuse_time_wait"] = reuse.groupby([conns[k] for k in KEY]).sum().reindex(out.index, fill_value=0)
-    hosts = host_frame(conns, msl)
-    peaks = hosts.set_index("ip")["time_wait_peak"]
-    out = out.reset_index()
+    out["half_open_peak_per_s"] = _half_open_peak(conns, endpoint, count)
+    reuse = has_flag(conns["flags"], Flag.PORT_REUSE_TIME_WAIT)
+    out["port_reuse_time_wait"] = np.bincount(endpoint[reuse], minlength=count)
+    peaks = host_frame(conns, msl).set_index("ip")["time_wait_peak"]
     out["server_time_wait_peak"] = out["server_ip"].map(peaks).fillna(0).astype(np.int64)
+    out = out.sort_values(KEY, kind="stable")
     return arrow_table(out[ENDPOINTS.names], ENDPOINTS)
 
 
-def _half_open_peak(conns: pd.DataFrame) -> pd.Series:
-    """Most connections left in SYN_RCVD (syn_ack_no_ack) that started within one second."""
-    half = conns[conns["open"] == str(Open.SYN_ACK_NO_ACK)]
-    if half.empty:
-        return pd.Series(dtype=np.int64)
-    second = np.floor(half["first_ts"]).astype(np.int64)
-    per_second = half.groupby([half[k] for k in KEY] + [second]).size()
-    return per_second.groupby(level=[0, 1]).max()
+def _dense_ids(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes 0..n-1 (from pair_codes) and, per code, the first row that has it."""
+    first = np.full(int(codes.max()) + 1 if len(codes) else 0, -1, dtype=np.int64)
+    rows = np.arange(len(codes))[::-1]
+    first[codes[::-1]] = rows  # reversed: the first row of each code is written last
+    return codes, first
+
+
+def has_flag(flags: pd.Series, flag: Flag) -> np.ndarray:
+    """Per row of a flags (list) column, whether it holds `flag` — without a Python loop."""
+    lists = pa.array(flags.tolist(), pa.list_(pa.string())) if flags.dtype == object else \
+        pa.array(flags.array)
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    flat = pc.list_flatten(lists)
+    parents = pc.list_parent_indices(lists).to_numpy()
+    hit = pc.equal(flat, str(flag)).to_numpy(zero_copy_only=False)
+    return np.bincount(parents[hit], minlength=len(lists)) > 0
+
+
+def _half_open_peak(conns: pd.DataFrame, endpoint: np.ndarray, count: int) -> np.ndarray:
+    """Per endpoint, the most half-open (syn_ack_no_ack) connections started within one second."""
+    half = (conns["open"].astype(str) == str(Open.SYN_ACK_NO_ACK)).to_numpy()
+    peak = np.zeros(count, dtype=np.int64)
+    if not half.any():
+        return peak
+    second = np.floor(conns["first_ts"].to_numpy()[half]).astype(np.int64)
+    per_second = pd.DataFrame({"e": endpoint[half], "s": second}).groupby(["e", "s"]).size()
+    best = per_second.groupby(level=0).max()
+    peak[best.index.to_numpy()] = best.to_numpy()
+    return peak
 
 
 def host_frame(conns: pd.DataFrame, msl: float) -> pd.DataFrame:

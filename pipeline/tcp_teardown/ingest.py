@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
+import queue
+import stat
+import struct
 import subprocess
 import threading
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +44,9 @@ PCAP_MAGICS = {
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+PCAP_HEADER_BYTES = 24  # magic, version, thiszone, sigfigs, snaplen, link type
+PCAPNG_MIN_SHB_BYTES = 28  # type, length, byte-order magic, version, section length, length
+HEADER_BYTES = 64  # read to judge a file: a pcap header, or the start of a section header
 
 
 @dataclass
@@ -51,37 +60,61 @@ class ReadReport:
 
 
 def sniff(path: Path) -> str:
-    """The container of a capture: "pcap", "pcapng", "gzip" or "zstd". Raises TeardownError."""
-    if not path.exists():
-        raise TeardownError(f"{path}: no such file", ExitCode.INPUT_MISSING)
-    if path.is_dir():
+    """The container of a capture: "pcap", "pcapng", "gzip" or "zstd". Raises TeardownError.
+
+    Only regular files are read: a fifo would block this open forever and a device
+    never ends. The file header must be complete (a reader that gets less can say
+    nothing about the file, so it is not a capture rather than a truncated one).
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise TeardownError(f"{path}: no such file", ExitCode.INPUT_MISSING) from None
+    except OSError as exc:
+        raise TeardownError(f"{path}: cannot read: {exc.strerror or exc}", ExitCode.INPUT_MISSING) from exc
+    if stat.S_ISDIR(mode):
         raise TeardownError(f"{path}: is a directory, not a capture file", ExitCode.INPUT_MISSING)
+    if not stat.S_ISREG(mode):
+        raise TeardownError(f"{path}: not a regular file (pipes and devices are not read)",
+                            ExitCode.INPUT_MISSING)
     try:
         with path.open("rb") as fh:
-            head = fh.read(4)
+            head = fh.read(HEADER_BYTES)
     except OSError as exc:
-        raise TeardownError(f"{path}: cannot read: {exc.strerror}", ExitCode.INPUT_MISSING) from exc
+        raise TeardownError(f"{path}: cannot read: {exc.strerror or exc}", ExitCode.INPUT_MISSING) from exc
     if not head:
         raise TeardownError(f"{path}: empty file (0 bytes)", ExitCode.EMPTY_CAPTURE)
     if head[:2] == GZIP_MAGIC:
         try:
             with gzip.open(path, "rb") as fh:
-                inner = fh.read(4)
-        except (OSError, EOFError) as exc:
+                inner = fh.read(HEADER_BYTES)
+        except (OSError, EOFError, zlib.error) as exc:
             raise TeardownError(f"{path}: broken gzip file: {exc}", ExitCode.NOT_A_CAPTURE) from exc
         if not inner:
             raise TeardownError(f"{path}: empty file (gzip of 0 bytes)", ExitCode.EMPTY_CAPTURE)
         _check_magic(path, inner)
         return "gzip"
-    if head == ZSTD_MAGIC:
+    if head[:4] == ZSTD_MAGIC:
         return "zstd"
     return _check_magic(path, head)
 
 
 def _check_magic(path: Path, head: bytes) -> str:
-    if head in PCAP_MAGICS:
+    """The format named by the first bytes, once the whole file header is there."""
+    if head[:4] in PCAP_MAGICS:
+        if len(head) < PCAP_HEADER_BYTES:
+            raise TeardownError(f"{path}: truncated in the file header", ExitCode.NOT_A_CAPTURE)
         return "pcap"
-    if head == PCAPNG_MAGIC:
+    if head[:4] == PCAPNG_MAGIC:
+        if len(head) < PCAPNG_MIN_SHB_BYTES:
+            raise TeardownError(f"{path}: truncated in the file header", ExitCode.NOT_A_CAPTURE)
+        order = "<" if head[8:12] == b"\x4d\x3c\x2b\x1a" else ">"
+        (shb_length,) = struct.unpack(order + "I", head[4:8])
+        if shb_length < PCAPNG_MIN_SHB_BYTES or shb_length % 4:
+            raise TeardownError(f"{path}: not a capture file (bad pcapng section header)",
+                                ExitCode.NOT_A_CAPTURE)
+        if len(head) < min(shb_length, HEADER_BYTES):
+            raise TeardownError(f"{path}: truncated in the file header", ExitCode.NOT_A_CAPTURE)
         return "pcapng"
     if len(head) < 4:
         raise TeardownError(f"{path}: truncated in the file header", ExitCode.NOT_A_CAPTURE)
@@ -90,37 +123,42 @@ def _check_magic(path: Path, head: bytes) -> str:
     )
 
 
+def tshark_source(path: Path) -> str:
+    """The capture argument for `tshark -r`: a name starting with "-" would read stdin
+    ("-") or look like an option, so it gets a "./" in front."""
+    text = str(path)
+    return f".{os.sep}{text}" if text.startswith("-") else text
+
+
 def read_tshark(path: Path, tshark: ts.Tshark, report: ReadReport) -> Iterator[pa.RecordBatch]:
-    """Stream the packet table of one capture out of `tshark -T ek`."""
+    """Stream the packet table of one capture out of `tshark -T ek`.
+
+    tshark is killed, never left behind, when the caller stops early or is interrupted
+    (Ctrl-C, SIGTERM): it may be deep in a large file without writing anything.
+    """
     container = sniff(path)
-    source = "-" if container == "zstd" else str(path)
+    source = "-" if container == "zstd" else tshark_source(path)
     cmd = ts.ek_command(tshark, source)
     stdin = subprocess.PIPE if container == "zstd" else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=ts.tshark_env())
-    feeder = _feed_zstd(path, proc) if container == "zstd" else None
     stderr_lines: list[bytes] = []
+    feeder: threading.Thread | None = None
     drain = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr or []), daemon=True)
     drain.start()
     rows = 0
+    broken: TeardownError | None = None
     try:
-        reader = pj.open_json(
-            proc.stdout,
-            read_options=pj.ReadOptions(block_size=EK_BLOCK_BYTES),
-            parse_options=pj.ParseOptions(explicit_schema=EK_SCHEMA,
-                                          unexpected_field_behavior="ignore"),
-        )
-        for batch in reader:
-            packets = ek_to_packets(batch)
+        feeder = _feed_zstd(path, proc) if container == "zstd" else None
+        assert proc.stdout is not None
+        for packets in _interruptible(ek_batches(proc.stdout)):
             rows += packets.num_rows
-            if packets.num_rows:
-                yield packets
-    except pa.ArrowInvalid as exc:
-        # Judged below, once tshark's own exit status is known; no output at all is fine.
-        empty = any(w in str(exc).lower() for w in ("empty file", "empty json", "no data"))
-        broken = None if empty else exc
-    else:
-        broken = None
+            yield packets
+    except EkUnreadable as exc:
+        broken = exc  # judged below, once tshark's own exit status is known
+    except BaseException:
+        proc.kill()
+        raise
     finally:
         if proc.poll() is None and proc.stdout is not None:
             proc.stdout.close()
@@ -134,6 +172,84 @@ def read_tshark(path: Path, tshark: ts.Tshark, report: ReadReport) -> Iterator[p
     if broken is not None:
         raise TeardownError(f"{path}: tshark output unreadable: {broken}", ExitCode.TSHARK_FAILED)
     _judge_exit(path, code, b"".join(stderr_lines).decode("utf-8", "replace"), rows, report)
+
+
+def _interruptible(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.RecordBatch]:
+    """`batches`, produced in a worker thread, so Ctrl-C and SIGTERM act at once.
+
+    pyarrow's JSON reader waits for tshark's output in C++, where Python cannot run a
+    signal handler: a quiet tshark would hold an interrupt for as long as it stays quiet.
+    Waiting on a queue instead is interruptible; the caller then kills tshark, which
+    ends the worker's read. At most `depth` batches wait in the queue (bounded memory).
+    """
+    handoff: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, object]) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for batch in batches:
+                if not put(("batch", batch)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(("error", exc))
+
+    worker = threading.Thread(target=work, name="tcp-teardown-ek", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                assert isinstance(value, BaseException)
+                raise value
+            assert isinstance(value, pa.RecordBatch)
+            yield value
+    finally:
+        stop.set()
+
+
+class EkUnreadable(TeardownError):
+    """tshark's EK output is not what the field table says it prints."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ExitCode.TSHARK_FAILED)
+
+
+def ek_batches(stream: BinaryIO, block_size: int = EK_BLOCK_BYTES) -> Iterator[pa.RecordBatch]:
+    """EK JSON lines -> packet batches (schema.PACKETS); no output at all is no packets.
+
+    Anything that is not well-formed EK of our field table raises EkUnreadable.
+    """
+    options = dict(read_options=pj.ReadOptions(block_size=block_size),
+                   parse_options=pj.ParseOptions(explicit_schema=EK_SCHEMA,
+                                                 unexpected_field_behavior="ignore"))
+    try:
+        reader = pj.open_json(stream, **options)
+    except pa.ArrowInvalid as exc:
+        if any(w in str(exc).lower() for w in ("empty file", "empty json", "no data")):
+            return
+        raise EkUnreadable(str(exc)) from exc
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            raise EkUnreadable(str(exc)) from exc
+        packets = ek_to_packets(batch)
+        if packets.num_rows:
+            yield packets
 
 
 def _feed_zstd(path: Path, proc: subprocess.Popen) -> threading.Thread:
@@ -217,8 +333,35 @@ def _parse(column: pa.Array, kind: str) -> pa.Array:
     return column
 
 
+# What a TCP row must carry, and the values each header field can hold. tshark never
+# prints anything else; a row that does is a broken engine, not a packet.
+REQUIRED_COLUMNS = ("frame_number", "ts", "src_ip", "dst_ip", "src_port", "dst_port", "tcp_flags", "seq_raw")
+VALUE_RANGES: dict[str, tuple[int, int]] = {
+    "frame_number": (1, 2**62),
+    "src_port": (0, 0xFFFF),
+    "dst_port": (0, 0xFFFF),
+    "tcp_flags": (0, 0xFFF),  # 12 flag bits
+    "seq_raw": (0, 2**32 - 1),
+    "ack_raw": (0, 2**32 - 1),
+    "payload_len": (0, 2**31 - 1),
+    "window": (0, 0xFFFF),
+    "ttl": (0, 0xFF),
+    "ip_id": (0, 0xFFFF),
+    "tcp_stream": (0, 2**62),
+}
+_PARSE_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError, OverflowError)
+
+
 def ek_to_packets(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """One EK block -> typed packet rows (schema.PACKETS); index lines are dropped."""
+    """One EK block -> typed packet rows (schema.PACKETS); index lines and packets
+    without IP and TCP are dropped. Values tshark cannot print raise EkUnreadable."""
+    try:
+        return _ek_to_packets(batch)
+    except _PARSE_ERRORS as exc:
+        raise EkUnreadable(f"bad value in EK output: {exc}") from exc
+
+
+def _ek_to_packets(batch: pa.RecordBatch) -> pa.RecordBatch:
     layers = batch.column(0)
     keep = pc.is_valid(layers)
     layers = pc.filter(layers, keep)
@@ -250,8 +393,28 @@ def ek_to_packets(batch: pa.RecordBatch) -> pa.RecordBatch:
         "ip_id": ip_id,
         "tcp_stream": raw["tcp_stream"],
     }
-    arrays = [pc.filter(pc.cast(columns[f.name], f.type), valid) for f in PACKETS]
+    rows = {name: pc.filter(column, valid) for name, column in columns.items()}
+    _check_rows(rows)
+    arrays = [pc.cast(rows[f.name], f.type) for f in PACKETS]
     return pa.RecordBatch.from_arrays(arrays, schema=PACKETS)
+
+
+def _check_rows(rows: dict[str, pa.Array]) -> None:
+    """Raise EkUnreadable unless every row has its required fields, in range."""
+    for name in REQUIRED_COLUMNS:
+        missing = rows[name].null_count
+        if missing:
+            raise EkUnreadable(f"{missing} TCP packet(s) without {name}")
+    if len(rows["ts"]) and not pc.all(pc.is_finite(rows["ts"])).as_py():
+        raise EkUnreadable("a packet time that is not a finite number")
+    for name, (low, high) in VALUE_RANGES.items():
+        column = rows[name]
+        if len(column) == column.null_count:
+            continue
+        bounds = pc.min_max(column)
+        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        if lo < low or hi > high:
+            raise EkUnreadable(f"{name} out of range ({lo}..{hi}, expected {low}..{high})")
 
 
 def _ipv6_is_innermost(raw: dict[str, pa.Array]) -> pa.Array:
@@ -267,7 +430,7 @@ def _ipv6_is_innermost(raw: dict[str, pa.Array]) -> pa.Array:
 
 
 def read_packets(
-    path: Path, engine: str = "tshark", tshark: ts.Tshark | None = None,
+    path: Path, engine: str = "auto", tshark: ts.Tshark | None = None,
     report: ReadReport | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """The packet table of one capture, in batches, from the chosen engine.
@@ -283,12 +446,12 @@ def read_packets(
             native = None  # type: ignore[assignment]
         if native is not None:
             sniff(path)
+            # Held until the reader is done: it may decline late (a tunnel after the first
+            # million rows), and tshark must then start from a clean slate.
+            batches: list[pa.RecordBatch] = []
             try:
-                batches = native.read_packets(path)
-                first = next(batches, None)
+                batches.extend(native.read_packets(path))
                 report.engine = "native"
-                if first is not None:
-                    yield first
                 yield from batches
                 return
             except native.NativeUnsupported as exc:
@@ -297,8 +460,11 @@ def read_packets(
                                         ExitCode.NOT_A_CAPTURE) from exc
                 report.fallback_reason = str(exc)
             except native.TruncatedCapture as exc:
+                # The batches read before the cut are complete rows: keep them.
+                report.engine = "native"
                 report.truncated = True
-                report.warnings.append(f"{path}: capture is cut short: {exc}")
+                report.warnings.append(f"{path}: capture is cut short; labelled the packets before the cut ({exc})")
+                yield from batches
                 return
         elif engine == "native":
             raise TeardownError("the native engine is not available", ExitCode.FAILED)
@@ -306,7 +472,7 @@ def read_packets(
     yield from read_tshark(path, tshark or ts.find_tshark(), report)
 
 
-def read_packet_table(path: Path, engine: str = "tshark", tshark: ts.Tshark | None = None,
+def read_packet_table(path: Path, engine: str = "auto", tshark: ts.Tshark | None = None,
                       report: ReadReport | None = None) -> pa.Table:
     """The whole packet table of one capture (compact Arrow columns, ~70 bytes a packet)."""
     batches = list(read_packets(path, engine, tshark, report))

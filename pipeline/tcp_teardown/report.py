@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import platform
 from dataclasses import asdict
+import json
 from pathlib import Path
-
-import pandas as pd
 
 from tcp_teardown import __version__, filters
 from tcp_teardown.api import Tables, summary_counts
 from tcp_teardown.output import write_all
 
 
-def summary(tables: Tables, conns: pd.DataFrame | None = None) -> dict:
+def summary(tables: Tables) -> dict:
     """Everything a later reader needs to trust or reproduce the run."""
-    if conns is None:
-        conns = tables.connections.select(["open", "close", "flags"]).to_pandas()
+    conns = tables.connections
     return {
         "tcp_teardown": __version__,
         "tshark": tables.tshark.version_text if tables.tshark else None,
         "python": platform.python_version(),
         "parameters": {"idle_threshold_s": tables.params.idle_threshold, "msl_s": tables.params.msl},
         "inputs": [asdict(f) for f in tables.files],
-        "connections": len(conns),
+        "connections": conns.num_rows,
         "key_frames": int(tables.frames.num_rows),
         "counts": summary_counts(conns),
     }
@@ -31,12 +29,8 @@ def summary(tables: Tables, conns: pd.DataFrame | None = None) -> dict:
 
 def write_run(out: Path, tables: Tables) -> dict:
     """All output files of one run, each written to a temp name and renamed."""
-    conns = tables.connections.select(["file", "tcp_stream", "open", "close", "flags"]).to_pandas()
-    frames = tables.frames.select(["file", "frame_number", "labels"]).to_pandas()
-    label_filters = filters.label_filters(conns, frames)
-    run = summary(tables, conns)
-    del conns, frames
-    import json
+    label_filters = filters.label_filters(tables.connections, tables.frames)
+    run = summary(tables)
 
     write_all(
         out,

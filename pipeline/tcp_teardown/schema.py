@@ -27,7 +27,7 @@ PACKETS = pa.schema(
         pa.field("dst_port", pa.int32(), nullable=False),
         pa.field("tcp_flags", pa.int16(), nullable=False),  # the 12 flag bits (FIN=0x001 ...)
         pa.field("seq_raw", pa.int64(), nullable=False),  # absolute sequence number
-        pa.field("ack_raw", pa.int64(), nullable=False),  # absolute ack number (0 if no ACK)
+        pa.field("ack_raw", pa.int64(), nullable=False),  # the raw ack field (read only with the ACK flag)
         pa.field("payload_len", pa.int32(), nullable=False),  # TCP payload bytes
         pa.field("window", pa.int32(), nullable=False),  # raw window field, unscaled
         pa.field("ttl", pa.int16(), nullable=False),  # IPv4 TTL or IPv6 hop limit

@@ -1,0 +1,45 @@
+"""IP addresses as tshark prints them, formatted once per distinct address."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+_OCTETS = pa.array([str(i) for i in range(256)], type=pa.string())
+
+
+def ip_text(version: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> pa.Array:
+    """Text of each address: IPv4 dotted quad; IPv6 as glibc's inet_ntop writes it, which
+    is what tshark prints (RFC 5952 compression, and a dotted quad for the last 32 bits
+    of IPv4-mapped and IPv4-compatible addresses)."""
+    v4 = version == 4
+    index = np.empty(len(version), dtype=np.int64)
+    four_index, four = pd.factorize(lo[v4])
+    index[v4] = four_index
+    six_hi_index, six_hi = pd.factorize(hi[~v4])
+    six_lo_index, six_lo = pd.factorize(lo[~v4])
+    six_index, six = pd.factorize(six_hi_index * max(len(six_lo), 1) + six_lo_index)
+    index[~v4] = len(four) + six_index
+    six_text = [
+        socket.inet_ntop(socket.AF_INET6, int(a).to_bytes(8, "big") + int(b).to_bytes(8, "big"))
+        for a, b in zip(
+            six_hi[six // max(len(six_lo), 1)].tolist(),
+            six_lo[six % max(len(six_lo), 1)].tolist(),
+            strict=True,
+        )
+    ]
+    dictionary = pa.concat_arrays([_dotted(np.asarray(four)), pa.array(six_text, pa.string())])
+    return dictionary.take(pa.array(index))
+
+
+def _dotted(addresses: np.ndarray) -> pa.Array:
+    """Dotted quads of uint32 addresses, built column-wise by Arrow."""
+    parts = [
+        _OCTETS.take(pa.array(((addresses >> np.uint64(shift)) & np.uint64(0xFF)).astype(np.int64)))
+        for shift in (24, 16, 8, 0)
+    ]
+    return pc.binary_join_element_wise(*parts, ".")
