@@ -34,7 +34,7 @@ lint: setup ## ruff
 	$(VENV)/bin/ruff check pipeline tests bench extcap tools
 
 bench: setup ## benchmark engines against bare tshark (prints ratios)
-	$(PY) bench/bench.py
+	$(PY) bench/bench.py $(BENCH_ARGS)
 
 zeek: setup ## agreement with Zeek's verdicts -> docs/zeek-agreement.md
 	$(PY) tools/zeek_agreement.py

@@ -20,7 +20,22 @@ import pyarrow.compute as pc
 from tcp_teardown import tcpflags as tf
 
 WELL_KNOWN_LIMIT = 1024  # IANA system ports: a side on one of these is the server
-EPHEMERAL_START = 32768  # ports from here up are what stacks hand out to clients
+EPHEMERAL_START = 32768  # ports from here up are what stacks hand out to clients (Linux 32768+, Windows 49152+)
+
+# Registered ports (1024-49151) that servers commonly listen on. Older stacks (Windows
+# before Vista, BSD) hand out client ports from 1024-5000, so "registered" alone does not
+# name the server: these do. Declared as data, the same on every machine (no /etc/services).
+SERVICE_PORTS = frozenset({
+    1080,  # SOCKS
+    1433, 1521, 3306, 5432, 27017, 6379, 9042, 11211,  # databases and caches
+    1883, 5672, 9092, 2181, 61616,  # message brokers
+    1194, 1723, 3389, 5900, 5938,  # VPN, remote desktop
+    2049, 3128, 3268, 3269, 5060, 5061, 5222, 5269, 5985, 5986, 6443, 6667,  # misc services
+    8000, 8008, 8080, 8081, 8088, 8443, 8888, 9000, 9090, 9200, 9443, 10080,  # web, proxies, APIs
+})
+
+# How server-like a port is, by class: higher wins when the two sides differ.
+PORT_WELL_KNOWN, PORT_SERVICE, PORT_REGISTERED, PORT_EPHEMERAL = 3, 2, 1, 0
 
 
 @dataclass
@@ -128,8 +143,9 @@ def split_connections(packets: pa.Table) -> Split:
     del lo, hi
     flags = _np(packets, "tcp_flags").astype(np.int16)[order]
     seq = _np(packets, "seq_raw").astype(np.int64)[order]
+    ack = _np(packets, "ack_raw").astype(np.int64)[order]
 
-    conn = _connection_index(pair, flags, seq)
+    conn = _connection_index(pair, flags, seq, ack)
     starts = np.flatnonzero(np.r_[True, conn[1:] != conn[:-1]]) if n else np.zeros(0, np.int64)
     ends = np.r_[starts[1:], n].astype(np.int64)
     count = len(starts)
@@ -138,8 +154,10 @@ def split_connections(packets: pa.Table) -> Split:
     syn_ack = tf.is_syn_ack(flags)
     first_syn = _first_per_group(conn, pure_syn, count)
     first_syn_ack = _first_per_group(conn, syn_ack, count)
+    payload = _np(packets, "payload_len").astype(np.int32)[order]
     client_ep, server_ep, guessed = _roles(
-        src_ep, dst_ep, starts, first_syn, first_syn_ack
+        src_ep, dst_ep, conn, starts, first_syn, first_syn_ack, payload > 0,
+        answering_endpoints(src_ep, dst_ep, pure_syn, syn_ack),
     )
     c2s = src_ep == client_ep[conn]
 
@@ -148,8 +166,8 @@ def split_connections(packets: pa.Table) -> Split:
     segments = Segments(
         conn=conn, frame=_np(packets, "frame_number").astype(np.int64)[order],
         ts=_np(packets, "ts").astype(np.float64)[order], flags=flags, seq=seq,
-        ack=_np(packets, "ack_raw").astype(np.int64)[order],
-        payload=_np(packets, "payload_len").astype(np.int32)[order],
+        ack=ack,
+        payload=payload,
         ttl=_np(packets, "ttl").astype(np.int16)[order], stream=stream,
         src_ep=src_ep, c2s=c2s, starts=starts, ends=ends,
     )
@@ -187,7 +205,7 @@ def _np(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).to_numpy()
 
 
-def _connection_index(pair: np.ndarray, flags: np.ndarray, seq: np.ndarray) -> np.ndarray:
+def _connection_index(pair: np.ndarray, flags: np.ndarray, seq: np.ndarray, ack: np.ndarray) -> np.ndarray:
     """Connection number of each packet, packets sorted by (pair, capture order)."""
     n = len(pair)
     if n == 0:
@@ -200,25 +218,57 @@ def _connection_index(pair: np.ndarray, flags: np.ndarray, seq: np.ndarray) -> n
     prev_syn = np.r_[-1, last_syn[:-1]]
     has_prev = prev_syn >= start_of_pair
     repeats = has_prev & (seq[np.maximum(prev_syn, 0)] == seq)
-    new = pair_start | (pure_syn & ~repeats)
+    # A SYN captured after the SYN-ACK that answers it (the capture point reordered the
+    # handshake, or sits nearer the server): that SYN-ACK already began this attempt.
+    last_syn_ack = np.maximum.accumulate(np.where(tf.is_syn_ack(flags), idx, -1))
+    prev_syn_ack = np.r_[-1, last_syn_ack[:-1]]
+    answered = ((prev_syn_ack >= start_of_pair) & (prev_syn_ack > prev_syn)
+                & (ack[np.maximum(prev_syn_ack, 0)] == (seq + 1) % tf.SEQ_SPACE))
+    new = pair_start | (pure_syn & ~repeats & ~answered)
     return (np.cumsum(new) - 1).astype(np.int32)
 
 
+def answering_endpoints(src_ep: np.ndarray, dst_ep: np.ndarray, pure_syn: np.ndarray,
+                        syn_ack: np.ndarray) -> np.ndarray:
+    """Endpoints (ip, port) seen answering connection requests anywhere in the capture.
+
+    An endpoint that received a SYN or sent a SYN-ACK in one connection is a listening
+    socket; in a connection of the same capture whose opening was not captured it is the
+    server too.
+    """
+    return np.unique(np.r_[dst_ep[pure_syn], src_ep[syn_ack]])
+
+
 def _roles(
-    src_ep: np.ndarray, dst_ep: np.ndarray, starts: np.ndarray,
-    first_syn: np.ndarray, first_syn_ack: np.ndarray,
+    src_ep: np.ndarray, dst_ep: np.ndarray, conn: np.ndarray, starts: np.ndarray,
+    first_syn: np.ndarray, first_syn_ack: np.ndarray, has_payload: np.ndarray,
+    listening: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Client and server endpoint of each connection, and whether that was guessed.
 
-    The client sent the first SYN. Without one: the side that sent a SYN-ACK is the
-    server; else the side on a well-known port; else the side on the lower port when the
-    other one looks ephemeral; else the receiver of the first packet.
+    In order: the sender of the first SYN is the client; else the sender of a SYN-ACK is
+    the server; else (a guess) the side that answers SYNs elsewhere in the capture; else
+    the side whose port is more server-like (well-known, then a common service port, then
+    registered against ephemeral); else, both ports alike, the side whose first payload
+    answers the other's first payload (request, then response); else the lower port.
     """
     a, b = src_ep[starts], dst_ep[starts]  # sender and receiver of the first packet
     syn_client = src_ep[np.maximum(first_syn, 0)]
     syn_ack_client = dst_ep[np.maximum(first_syn_ack, 0)]
+    a_listens, b_listens = np.isin(a, listening), np.isin(b, listening)
+    count = len(starts)
+    a_first_data = _first_per_group(conn, has_payload & (src_ep == a[conn]), count)
+    b_first_data = _first_per_group(conn, has_payload & (src_ep == b[conn]), count)
+    a_answers = (a_first_data >= 0) & (b_first_data >= 0) & (b_first_data < a_first_data)
+    b_answers = (a_first_data >= 0) & (b_first_data >= 0) & (a_first_data < b_first_data)
     port_a, port_b = a % 65536, b % 65536
-    a_is_server = _looks_like_server(port_a, port_b)
+    class_a, class_b = port_class(port_a), port_class(port_b)
+    a_is_server = np.select(
+        [a_listens & ~b_listens, b_listens & ~a_listens, class_a > class_b, class_b > class_a,
+         (class_a < PORT_SERVICE) & a_answers, (class_a < PORT_SERVICE) & b_answers],
+        [True, False, True, False, True, False],
+        default=port_a < port_b,
+    )
     guess_client = np.where(a_is_server, b, a)
     client = np.select(
         [first_syn >= 0, first_syn_ack >= 0], [syn_client, syn_ack_client], guess_client
@@ -227,14 +277,12 @@ def _roles(
     return client, server, first_syn < 0
 
 
-def _looks_like_server(port: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """True where `port` is more server-like than `other` (ties: the first packet's sender is the client)."""
-    port_wk, other_wk = port < WELL_KNOWN_LIMIT, other < WELL_KNOWN_LIMIT
-    port_eph, other_eph = port >= EPHEMERAL_START, other >= EPHEMERAL_START
+def port_class(port: np.ndarray) -> np.ndarray:
+    """How server-like each port is: well-known > common service > registered > ephemeral."""
+    port = np.asarray(port)
     return np.select(
-        [port_wk & ~other_wk, other_wk & ~port_wk, ~port_eph & other_eph, port_eph & ~other_eph],
-        [True, False, True, False],
-        default=port < other,
+        [port < WELL_KNOWN_LIMIT, np.isin(port, list(SERVICE_PORTS)), port < EPHEMERAL_START],
+        [PORT_WELL_KNOWN, PORT_SERVICE, PORT_REGISTERED], default=PORT_EPHEMERAL,
     )
 
 

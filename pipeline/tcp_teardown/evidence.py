@@ -53,7 +53,8 @@ def key_frame_rows(seg: Segments, lab: pd.DataFrame) -> pd.DataFrame:
     add(lab["syn_ack"].to_numpy(), "SYN-ACK", open_, open_ == str(Open.SYN_ACK_NO_ACK))
     add(first_fin, "first FIN", close, orderly | (close == str(Close.HALF_CLOSED)))
     add(second_fin, "second FIN", close, orderly)
-    add(second_fin, "FIN+ACK", str(Flag.THREE_WAY_CLOSE), flag(Flag.THREE_WAY_CLOSE))
+    # The passive side's FIN+ACK is the first FIN's ACK (also when that first FIN was inferred).
+    add(lab["first_fin_ack"].to_numpy(), "FIN+ACK", str(Flag.THREE_WAY_CLOSE), flag(Flag.THREE_WAY_CLOSE))
     add(lab["final_ack"].to_numpy(), "final ACK", close, orderly)
     for side in ("client", "server"):
         add(lab[f"{side}_fin_revealed"].to_numpy(), f"ACK revealing the unseen {side} FIN", close,
@@ -70,6 +71,15 @@ def key_frame_rows(seg: Segments, lab: pd.DataFrame) -> pd.DataFrame:
     opening_rst = lab["first_rst"].to_numpy()
     add(opening_rst, "RST after challenge ACK", str(Flag.TIME_WAIT_CHALLENGE),
         flag(Flag.TIME_WAIT_CHALLENGE) & (opening_rst != rst))
+    # Every *_frame column is a key frame (taxonomy). FINs that did not end in an orderly
+    # release still prove the close (a FIN before the RST is what rst_after_fin says), and a
+    # RST during the opening that the later handshake survived (injected, or answered by a
+    # retried SYN) belongs to the open.
+    add(first_fin, "first FIN", close, ~orderly & (close != str(Close.HALF_CLOSED)))
+    add(second_fin, "second FIN", close, ~orderly)
+    add(first_fin, "FIN before RST", str(Flag.RST_AFTER_FIN), flag(Flag.RST_AFTER_FIN) & (first_fin < rst))
+    add(opening_rst, "RST during the opening", open_,
+        (opening_rst != rst) & ~flag(Flag.TIME_WAIT_CHALLENGE))
     for side in ("client", "server"):
         unacked = (lab[f"{side}_fin"].to_numpy() >= 0) & (lab[f"{side}_fin_ack"].to_numpy() < 0)
         add(lab[f"{side}_fin_last"].to_numpy(), "unacknowledged FIN", str(Flag.FINAL_ACK_MISSING),

@@ -51,6 +51,12 @@ def compute_facts(seg: Segments, identity: pd.DataFrame, params: Params) -> pd.D
     f["syn_count"] = seg.count_where(client_syn)
     f["syn_ts"] = np.where(f["syn"] >= 0, seg.ts[np.maximum(f["syn"], 0)] if len(flags) else 0, np.nan)
     f["acking_packets"] = seg.count_where(ackf & ~rst)
+    # Acknowledgements that moved: the peer sent something (seen on the wire or not) while
+    # the capture ran. In a one-direction capture this is the only trace of the other side.
+    acking = ackf & ~rst
+    first_acking = seg.first_where(acking)
+    first_ack_value = np.where(first_acking >= 0, seg.ack[np.maximum(first_acking, 0)] if len(flags) else 0, -1)
+    f["ack_moves"] = seg.count_where(acking & (seg.ack != seg.per_packet(first_ack_value)))
     server_syn_ack = syn_ack & s2c
     f["syn_ack"] = seg.first_where(server_syn_ack)
     f["last_syn_ack"] = seg.last_where(server_syn_ack)
@@ -60,7 +66,14 @@ def compute_facts(seg: Segments, identity: pd.DataFrame, params: Params) -> pd.D
     has_syn_ack = seg.per_packet(f["syn_ack"].to_numpy()) >= 0
     server_seen = seg.per_packet(f["packets_s2c"].to_numpy()) > 0
     client_ack = c2s & ackf & ~rst & ~tf.is_syn(flags)
-    completes = client_ack & np.where(has_syn_ack, after_syn_ack, after_syn & ~server_seen)
+    # A RST after the (last) SYN-ACK ends the attempt: a client ACK after it does not complete
+    # the handshake (SYN, SYN-ACK, client RST is a half-open scan; a later ACK is a stray).
+    last_syn_ack = seg.per_packet(f["last_syn_ack"].to_numpy())
+    closing_rst = rst & (np.arange(len(flags)) > last_syn_ack)
+    first_closing_rst = seg.per_packet(seg.first_where(closing_rst))
+    before_reset = (first_closing_rst < 0) | (np.arange(len(flags)) < first_closing_rst)
+    completes = (client_ack & before_reset
+                 & np.where(has_syn_ack, after_syn_ack, after_syn & ~server_seen))
     f["handshake_ack"] = np.where(f["syn"] >= 0, seg.first_where(completes), NONE)
     bare_server_ack = s2c & ackf & ~rst & ~tf.is_syn(flags) & after_syn
     before_syn_ack = ~has_syn_ack | ~after_syn_ack
@@ -71,8 +84,6 @@ def compute_facts(seg: Segments, identity: pd.DataFrame, params: Params) -> pd.D
     f["server_rst_before_syn_ack"] = seg.first_where(server_rst & before_syn_ack & after_syn)
 
     # RSTs: one answered by a later SYN-ACK belongs to the opening (TIME_WAIT challenge).
-    last_syn_ack = seg.per_packet(f["last_syn_ack"].to_numpy())
-    closing_rst = rst & (np.arange(len(flags)) > last_syn_ack)
     f["rst"] = seg.first_where(closing_rst)
     f["first_rst"] = seg.first_where(rst)
     f["rst_by_client"] = _at(seg.c2s, f["rst"])
@@ -95,21 +106,30 @@ def compute_facts(seg: Segments, identity: pd.DataFrame, params: Params) -> pd.D
         f[f"{side}_fin_last"] = seg.last_where(same_fin)
     _infer_unseen_fin(seg, f, ackf & ~rst)
     cf, sf = f["client_fin"].to_numpy(), f["server_fin"].to_numpy()
-    # An inferred FIN has no frame; it sits where the ACK that reveals it sits.
-    cf_at = np.where(f["client_fin_inferred"], f["client_fin_revealed"], cf)
-    sf_at = np.where(f["server_fin_inferred"], f["server_fin_revealed"], sf)
+    c_inferred, s_inferred = f["client_fin_inferred"].to_numpy(), f["server_fin_inferred"].to_numpy()
+    # An inferred FIN has no frame: it shows at the ACK that reveals it, and was sent before
+    # that ACK, so it sorts just ahead of it (that ACK may be the visible side's own FIN).
+    cf_at = np.where(c_inferred, f["client_fin_revealed"], cf)
+    sf_at = np.where(s_inferred, f["server_fin_revealed"], sf)
     f["client_fin_sent"], f["server_fin_sent"] = cf_at >= 0, sf_at >= 0
+    c_order = np.where(cf_at >= 0, 2 * cf_at + ~c_inferred, NONE)
+    s_order = np.where(sf_at >= 0, 2 * sf_at + ~s_inferred, NONE)
     both = (cf >= 0) & (sf >= 0)
-    client_first = (cf_at >= 0) & ((sf_at < 0) | (cf_at < sf_at))
-    f["first_fin"] = np.where(client_first, cf, sf)
-    f["second_fin"] = np.where(both, np.where(client_first, sf, cf), NONE)
+    client_first = (c_order >= 0) & ((s_order < 0) | (c_order < s_order))
+    first_inferred = np.where(client_first, c_inferred, s_inferred)
+    other_fin = np.where(client_first, sf, cf)  # the later side's FIN segment, if in the capture
+    # first_fin is the first FIN *segment* in the capture: the later side's when the first was inferred.
+    f["first_fin"] = np.where(first_inferred, other_fin, np.where(client_first, cf, sf))
+    f["first_fin_at"] = np.where(client_first, cf_at, sf_at)  # where the first FIN shows (segment or ACK)
+    f["second_fin"] = np.where(both, other_fin, NONE)
     f["first_fin_by_client"] = client_first
     first_end = np.where(client_first, f["client_fin_end"], f["server_fin_end"])
     second = f["second_fin"].to_numpy()
     second_acks_first = _at(ackf, second) & tf.covers(seg.ack[np.maximum(second, 0)], first_end)
     f["fins_crossed"] = both & ~second_acks_first
     first_fin_ack = np.where(client_first, f["client_fin_ack"], f["server_fin_ack"])
-    f["first_fin_ack"] = first_fin_ack
+    f["first_fin_ack"] = np.where(first_inferred, f["first_fin_at"], first_fin_ack)  # revealing ACK acks it
+    f["fin_on_ack_of_fin"] = (other_fin >= 0) & (f["first_fin_ack"].to_numpy() == other_fin)
     f["final_ack"] = np.where(
         both & (f["client_fin_ack"] >= 0) & (f["server_fin_ack"] >= 0),
         np.maximum(f["client_fin_ack"], f["server_fin_ack"]), NONE,
@@ -117,14 +137,16 @@ def compute_facts(seg: Segments, identity: pd.DataFrame, params: Params) -> pd.D
 
     # The close event (first FIN or closing RST) and the silence before it.
     rst_idx = f["rst"].to_numpy()
-    ff = f["first_fin"].to_numpy()
-    close_event = np.where((ff >= 0) & ((rst_idx < 0) | (ff < rst_idx)), ff, rst_idx)
+    ff = f["first_fin_at"].to_numpy()
+    by_fin = (ff >= 0) & ((rst_idx < 0) | (ff < rst_idx))
+    close_event = np.where(by_fin, ff, rst_idx)
     f["close_event"] = close_event
     has_event = close_event >= 0
     prev = np.maximum(close_event - 1, 0)
     has_prev = has_event & (close_event > seg.starts)
     f["idle_before_close_s"] = np.where(has_prev, seg.ts[np.maximum(close_event, 0)] - seg.ts[prev], np.nan)
-    f["close_event_by_client"] = _at(seg.c2s, close_event)
+    # Who closed: the first FIN's side (an inferred FIN shows at the other side's ACK), or the RST's.
+    f["close_event_by_client"] = np.where(by_fin, client_first, _at(seg.c2s, close_event))
     f["close_ts"] = np.where(has_event, seg.ts[np.maximum(close_event, 0)], np.nan)
     payload_before = seg.payload * (np.arange(len(flags)) <= seg.per_packet(np.where(has_event, close_event, 0)))
     f["payload_before_close"] = np.bincount(seg.conn, weights=payload_before, minlength=seg.count).astype(np.int64)

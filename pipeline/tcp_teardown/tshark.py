@@ -67,8 +67,16 @@ LEAN_PREFERENCES: tuple[str, ...] = (
 )
 
 # Protocols that ride on TCP but also carry IP or TCP themselves: never disable these,
-# or a tunnel's inner connection would vanish.
-KEEP_PROTOCOLS = frozenset({"ip", "ipv6", "tcp", "eth", "ppp", "gre", "l2tp", "sstp", "openvpn"})
+# or a tunnel's inner connection would vanish. Disabling a protocol disables it on every
+# transport: GTP registers a TCP port too, and without it GTP-U over UDP (mobile core
+# captures) would lose every inner TCP segment.
+KEEP_PROTOCOLS = frozenset({"ip", "ipv6", "tcp", "eth", "ppp", "gre", "l2tp", "sstp", "openvpn",
+                            "gtp"})
+
+# Heuristic dissectors tshark ships disabled that find TCP inside tunnels. Teredo (IPv6 in
+# UDP, RFC 4380) uses no fixed port once a host is qualified, so only its heuristic sees
+# it; the heuristic checks for a well-formed IPv6 header, so plain UDP is not mistaken.
+TUNNEL_HEURISTICS: tuple[str, ...] = ("teredo_udp",)
 
 
 @dataclass(frozen=True)
@@ -181,6 +189,8 @@ def ek_command(tshark: Tshark, capture: str, lean: bool = True) -> list[str]:
     for field in FIELDS:
         cmd += ["-e", field.tshark]
     cmd += ["-E", "occurrence=a"]
+    for heuristic in TUNNEL_HEURISTICS:
+        cmd += ["--enable-heuristic", heuristic]
     if lean:
         for pref in LEAN_PREFERENCES:
             cmd += ["-o", pref]

@@ -25,7 +25,7 @@ def _col(f: pd.DataFrame, name: str) -> np.ndarray:
 def three_way_close(f: pd.DataFrame, p: Params) -> np.ndarray:
     """The passive side's FIN rode on its ACK of the first FIN (FIN, FIN+ACK, ACK)."""
     in_order = f["close"].isin(ORDERLY[:2]).to_numpy()
-    return in_order & (_col(f, "first_fin_ack") == _col(f, "second_fin")) & (_col(f, "second_fin") >= 0)
+    return in_order & _col(f, "fin_on_ack_of_fin")
 
 
 @flag_rule
@@ -40,7 +40,7 @@ def refused_after_handshake(f: pd.DataFrame, p: Params) -> np.ndarray:
 @flag_rule
 def rst_after_fin(f: pd.DataFrame, p: Params) -> np.ndarray:
     """A side sent RST after a FIN had been sent but before the orderly release completed."""
-    first_fin, rst = _col(f, "first_fin"), _col(f, "rst")
+    first_fin, rst = _col(f, "first_fin_at"), _col(f, "rst")  # a FIN inferred from ACKs counts
     return f["close"].isin(ABORTS).to_numpy() & (first_fin >= 0) & (first_fin < rst)
 
 
@@ -107,9 +107,15 @@ def time_wait_challenge(f: pd.DataFrame, p: Params) -> np.ndarray:
 
 @flag_rule
 def one_direction_only(f: pd.DataFrame, p: Params) -> np.ndarray:
-    """The capture holds packets of one direction only; the other side is inferred from visible ACKs."""
+    """The capture holds packets of one direction only; the other side is inferred from visible ACKs.
+
+    The visible side must show the other side at work: its acknowledgement moves (the peer
+    sent data, a FIN) or it completes a handshake whose SYN-ACK is missing. A lone packet,
+    or a side whose ACK never moves, says nothing about the other direction of the capture.
+    """
     one_way = (_col(f, "packets_c2s") == 0) | (_col(f, "packets_s2c") == 0)
-    return one_way & (_col(f, "acking_packets") > 0)
+    shows_peer = (_col(f, "ack_moves") > 0) | (_col(f, "handshake_ack") >= 0)
+    return one_way & shows_peer
 
 
 @flag_rule
