@@ -18,7 +18,7 @@ system-deps: ## install tshark (and tcpdump, nftables, iproute2 for the real-tra
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,notebook,dask,native]'
+	$(PY) -m pip install --quiet -e '.[dev,notebook,dask,pyshark]'
 	touch $@
 
 setup: system-deps $(VENV)/.installed ## system packages + virtualenv in .venv with the project installed

@@ -9,13 +9,30 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
+# Public name -> the module that defines it; imported on first use so `--help` stays instant.
+_LAZY = {
+    "analyze": "api",
+    "Result": "api",
+    "load": "explore",
+    "Loaded": "explore",
+    "explain": "explore",
+    "packets": "explore",
+    "filter_for": "explore",
+    "filters_by_file": "explore",
+}
 
-def __getattr__(name: str):  # heavy imports only when used: `--help` stays instant
-    if name in ("analyze", "Result"):
-        from tcp_teardown import api
 
-        return getattr(api, name)
-    raise AttributeError(name)
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(name)
+    from importlib import import_module
+
+    return getattr(import_module(f"tcp_teardown.{module}"), name)
 
 
-__all__ = ["Result", "__version__", "analyze"]
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = ["Loaded", "Result", "__version__", "analyze", "explain", "filter_for", "filters_by_file", "load", "packets"]

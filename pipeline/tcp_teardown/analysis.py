@@ -12,6 +12,7 @@ from tcp_teardown import evidence
 from tcp_teardown.connections import Segments, split_connections
 from tcp_teardown.facts import Params, compute_facts
 from tcp_teardown.lists import as_series, grouped_list
+from tcp_teardown.memory import release_unused
 from tcp_teardown.rules import apply_rules
 from tcp_teardown.schema import CONNECTIONS, FRAMES, arrow_table
 
@@ -40,9 +41,11 @@ def analyze_packets(packets: pa.Table | list[pa.Table], file: str, params: Param
         return FileResult(CONNECTIONS.empty_table(), FRAMES.empty_table())
     split = split_connections(table)
     del table
+    release_unused()
     pieces = [_label_slice(split.segments.slice(c0, c1), split.identity.iloc[c0:c1].reset_index(drop=True),
                            file, params)
               for c0, c1 in split.slices(SLICE_PACKETS)]
+    release_unused()
     conns = pd.concat([c for c, _ in pieces], ignore_index=True)
     frames = pd.concat([f for _, f in pieces], ignore_index=True)
     conns = conns.sort_values("first_frame", kind="stable").reset_index(drop=True)

@@ -99,8 +99,8 @@ def analyze_tables(paths: Iterable[Path | str], params: Params | None = None,
         reports.append(report)
     conn_table = pa.concat_tables(conns) if conns else CONNECTIONS.empty_table()
     frame_table = pa.concat_tables(frames) if frames else FRAMES.empty_table()
-    conn_df = conn_table.select(["client_ip", "server_ip", "server_port", "open", "close", "flags",
-                                 "first_ts", "last_ts"]).to_pandas()
+    conn_df = conn_table.select(["client_ip", "client_port", "server_ip", "server_port", "open", "close",
+                                 "flags", "first_ts", "last_ts"]).to_pandas()
     return Tables(
         connections=conn_table, frames=frame_table,
         endpoints=endpoints.endpoint_table(conn_df, params.msl),
@@ -142,6 +142,24 @@ class Result:
 
     def filters(self) -> list[filters.LabelFilter]:
         return filters.label_filters(self.tables.connections, self.tables.frames)
+
+    def explain(self, flow_id: str, *, file: str | None = None, plot: bool = False) -> object:
+        """The ladder of one connection (text; a matplotlib figure with plot=True)."""
+        from tcp_teardown import explore
+
+        return explore.explain(self, flow_id, file=file, plot=plot)
+
+    def packets(self, flow_id: str, *, file: str | None = None) -> list:
+        """The full dissection of one connection's packets, through pyshark."""
+        from tcp_teardown import explore
+
+        return explore.packets(self, flow_id, file=file)
+
+    def filter_for(self, rows: pd.DataFrame, *, key_frames: bool = False) -> str:
+        """The Wireshark display filter selecting these connection rows."""
+        from tcp_teardown import explore
+
+        return explore.filter_for(rows, key_frames=key_frames, among=self.connections)
 
     def _repr_html_(self) -> str:
         conns = self.tables.connections

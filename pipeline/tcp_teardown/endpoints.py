@@ -83,22 +83,25 @@ def _half_open_peak(conns: pd.DataFrame, endpoint: np.ndarray, count: int) -> np
 def host_frame(conns: pd.DataFrame, msl: float) -> pd.DataFrame:
     """Per host: active closes and the most connections it held in TIME_WAIT at once.
 
-    Each active close holds TIME_WAIT for 2·MSL from the end of the connection.
+    Each active close holds TIME_WAIT for 2·MSL from the end of the connection, or until
+    a new SYN reuses its 4-tuple (the stack then ends TIME_WAIT and accepts it).
     """
     close = conns["close"].astype(str)
-    client_tw = close.isin([str(Close.FIN_BY_CLIENT), str(Close.FIN_SIMULTANEOUS)])
-    server_tw = close.isin([str(Close.FIN_BY_SERVER), str(Close.FIN_SIMULTANEOUS)])
-    holders = pd.concat([
-        pd.DataFrame({"ip": conns.loc[client_tw, "client_ip"], "t": conns.loc[client_tw, "last_ts"]}),
-        pd.DataFrame({"ip": conns.loc[server_tw, "server_ip"], "t": conns.loc[server_tw, "last_ts"]}),
-    ], ignore_index=True)
+    until = _time_wait_end(conns, msl)
+    client_tw = close.isin([str(Close.FIN_BY_CLIENT), str(Close.FIN_SIMULTANEOUS)]).to_numpy()
+    server_tw = close.isin([str(Close.FIN_BY_SERVER), str(Close.FIN_SIMULTANEOUS)]).to_numpy()
+    holders = pd.DataFrame({
+        "ip": np.concatenate([conns["client_ip"].to_numpy()[client_tw], conns["server_ip"].to_numpy()[server_tw]]),
+        "t": np.concatenate([conns["last_ts"].to_numpy()[client_tw], conns["last_ts"].to_numpy()[server_tw]]),
+        "end": np.concatenate([until[client_tw], until[server_tw]]),
+    })
     if holders.empty:
         return pd.DataFrame({"ip": pd.Series([], dtype=object),
                              "active_closes": pd.Series([], dtype=np.int64),
                              "time_wait_peak": pd.Series([], dtype=np.int64)})
     events = pd.concat([
         pd.DataFrame({"ip": holders["ip"], "t": holders["t"], "d": 1}),
-        pd.DataFrame({"ip": holders["ip"], "t": holders["t"] + 2 * msl, "d": -1}),
+        pd.DataFrame({"ip": holders["ip"], "t": holders["end"], "d": -1}),
     ], ignore_index=True).sort_values(["ip", "t", "d"], kind="stable")
     events["held"] = events.groupby("ip")["d"].cumsum()
     out = pd.DataFrame({
@@ -106,6 +109,25 @@ def host_frame(conns: pd.DataFrame, msl: float) -> pd.DataFrame:
         "time_wait_peak": events.groupby("ip")["held"].max(),
     }).reset_index()
     return out.astype({"active_closes": np.int64, "time_wait_peak": np.int64})
+
+
+def _time_wait_end(conns: pd.DataFrame, msl: float) -> np.ndarray:
+    """When each connection's TIME_WAIT ends: 2·MSL after it, or at the next SYN on its 4-tuple."""
+    end = conns["last_ts"].to_numpy(dtype=float) + 2 * msl
+    if "client_port" not in conns:
+        return end
+    client = pair_codes(pd.factorize(conns["client_ip"])[0], conns["client_port"].to_numpy())
+    server = pair_codes(pd.factorize(conns["server_ip"])[0], conns["server_port"].to_numpy())
+    four_tuple = pair_codes(client, server)
+    order = np.lexsort((conns["first_ts"].to_numpy(), four_tuple))
+    codes = four_tuple[order]
+    next_start = np.r_[conns["first_ts"].to_numpy()[order][1:], np.inf]
+    same = np.r_[codes[1:] == codes[:-1], False]
+    reused = np.where(same, np.minimum(end[order], np.maximum(next_start, conns["last_ts"].to_numpy()[order])),
+                      end[order])
+    out = np.empty_like(end)
+    out[order] = reused
+    return out
 
 
 def host_table(conns: pd.DataFrame, msl: float) -> pa.Table:

@@ -8,6 +8,7 @@ into typed columns right away (innermost IP/TCP of encapsulations: the last occu
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import os
 import queue
@@ -32,7 +33,8 @@ from tcp_teardown.schema import PACKETS
 
 log = logging.getLogger(__name__)
 
-EK_BLOCK_BYTES = 4 << 20  # one EK block ~ 10k packets: bounded memory, few Python calls
+EK_BLOCK_BYTES = 4 << 20  # one EK block ~ 15k packets: bounded memory, few Python calls
+NATIVE_BATCH_ROWS = 250_000  # the native reader's working set grows with its batch size
 
 # File signatures we accept (after gzip/zstd are unwrapped): the capture formats
 # archives hold. Anything else is refused before tshark guesses (it reads text files
@@ -169,9 +171,13 @@ def read_tshark(path: Path, tshark: ts.Tshark, report: ReadReport) -> Iterator[p
     if code < 0:
         raise TeardownError(f"{path}: tshark was killed by signal {-code} mid-file",
                             ExitCode.TSHARK_FAILED)
+    stderr = b"".join(stderr_lines).decode("utf-8", "replace")
     if broken is not None:
+        said = _tshark_says(stderr)
+        if code != 0 and said:  # tshark's own words explain the cut-off output better
+            raise TeardownError(f"{path}: tshark failed (exit {code}): {said[:300]}", ExitCode.TSHARK_FAILED)
         raise TeardownError(f"{path}: tshark output unreadable: {broken}", ExitCode.TSHARK_FAILED)
-    _judge_exit(path, code, b"".join(stderr_lines).decode("utf-8", "replace"), rows, report)
+    _judge_exit(path, code, stderr, rows, report)
 
 
 def _interruptible(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.RecordBatch]:
@@ -219,6 +225,43 @@ def _interruptible(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterato
         stop.set()
 
 
+class _NoBareNulls(io.RawIOBase):
+    """`stream` without lines that hold nothing but `null`.
+
+    pyarrow's streaming JSON reader (seen with 26.0) crashes the process when a block
+    starts with a top-level `null`; tshark never prints one, but `--tshark` may name
+    anything. Lines are passed on whole, so the check cannot miss a `null` that a read
+    boundary cut in two; a chunk without the four letters is passed on untouched.
+    """
+
+    def __init__(self, stream: BinaryIO, chunk: int = 1 << 20) -> None:
+        super().__init__()
+        self._stream, self._chunk = stream, chunk
+        self._ready = b""  # complete lines waiting to be read
+        self._tail = b""  # a line not yet ended
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._ready and not self._eof:
+            data = self._stream.read(self._chunk)
+            if not data:
+                self._eof, self._ready, self._tail = True, self._tail, b""
+            else:
+                data = self._tail + data
+                cut = data.rfind(b"\n")
+                self._ready, self._tail = (data[:cut + 1], data[cut + 1:]) if cut >= 0 else (b"", data)
+            if b"null" in self._ready:
+                self._ready = b"".join(line for line in self._ready.splitlines(keepends=True)
+                                       if line.strip() != b"null")
+        size = min(len(buffer), len(self._ready))
+        buffer[:size] = self._ready[:size]
+        self._ready = self._ready[size:]
+        return size
+
+
 class EkUnreadable(TeardownError):
     """tshark's EK output is not what the field table says it prints."""
 
@@ -235,7 +278,7 @@ def ek_batches(stream: BinaryIO, block_size: int = EK_BLOCK_BYTES) -> Iterator[p
                    parse_options=pj.ParseOptions(explicit_schema=EK_SCHEMA,
                                                  unexpected_field_behavior="ignore"))
     try:
-        reader = pj.open_json(stream, **options)
+        reader = pj.open_json(_NoBareNulls(stream), **options)
     except pa.ArrowInvalid as exc:
         if any(w in str(exc).lower() for w in ("empty file", "empty json", "no data")):
             return
@@ -276,10 +319,14 @@ def _feed_zstd(path: Path, proc: subprocess.Popen) -> threading.Thread:
     return thread
 
 
+def _tshark_says(stderr: str) -> str:
+    """tshark's messages on one line, without its warning about running as root."""
+    return " ".join(line.strip() for line in stderr.splitlines()
+                    if line.strip() and "dangerous" not in line and "Running as user" not in line)
+
+
 def _judge_exit(path: Path, code: int, stderr: str, rows: int, report: ReadReport) -> None:
-    messages = [line.strip() for line in stderr.splitlines()
-                if line.strip() and "dangerous" not in line and "Running as user" not in line]
-    text = " ".join(messages)
+    text = _tshark_says(stderr)
     if code == 0:
         return
     if "cut short" in text or "truncated" in text.lower():
@@ -450,7 +497,7 @@ def read_packets(
             # million rows), and tshark must then start from a clean slate.
             batches: list[pa.RecordBatch] = []
             try:
-                batches.extend(native.read_packets(path))
+                batches.extend(native.read_packets(path, chunk_packets=NATIVE_BATCH_ROWS))
                 report.engine = "native"
                 yield from batches
                 return
@@ -478,4 +525,8 @@ def read_packet_table(path: Path, engine: str = "auto", tshark: ts.Tshark | None
     batches = list(read_packets(path, engine, tshark, report))
     if not batches:
         return PACKETS.empty_table()
-    return pa.Table.from_batches(batches, schema=PACKETS)
+    # One chunk per column: EK arrives in hundreds of small blocks, and per-chunk work
+    # (dictionary unification of the addresses) would otherwise multiply.
+    table = pa.Table.from_batches(batches, schema=PACKETS)
+    del batches
+    return table.combine_chunks()
