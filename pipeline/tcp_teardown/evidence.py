@@ -121,13 +121,22 @@ def _retransmitted_fins(seg: Segments, lab: pd.DataFrame) -> list[pd.DataFrame]:
 
 
 def group_key_frames(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per (connection, frame) with the lists of its roles and labels, in frame order."""
-    rows = rows.sort_values(["conn", "frame"], kind="stable")
-    keys = rows[["conn", "frame"]].drop_duplicates()
-    key_id = pair_codes(rows["conn"].to_numpy(), rows["frame"].to_numpy())
-    out = keys.reset_index(drop=True)
+    """One row per (connection, frame) with the lists of its roles and labels, in frame order.
+
+    Roles and labels are handled as integer codes (a few dozen distinct strings), so the
+    de-duplication is a NumPy unique over integers, not over Python strings.
+    """
+    order = np.lexsort((np.arange(len(rows)), rows["frame"].to_numpy(), rows["conn"].to_numpy()))
+    conn, frame = rows["conn"].to_numpy()[order], rows["frame"].to_numpy()[order]
+    key_id = pair_codes(conn, frame)  # dense, in (conn, frame) order since rows are sorted
+    first = np.r_[True, key_id[1:] != key_id[:-1]] if len(key_id) else np.zeros(0, bool)
+    out = pd.DataFrame({"conn": conn[first], "frame": frame[first]})
     for column, target in (("role", "roles"), ("label", "labels")):
-        unique = pd.DataFrame({"k": key_id, "v": rows[column].to_numpy()}).drop_duplicates()
-        out[target] = as_series(grouped_list(unique["k"].to_numpy(), pa.array(unique["v"].tolist(), pa.string()),
-                                             len(out)))
+        codes, names = pd.factorize(rows[column].to_numpy()[order])
+        pair = key_id * max(len(names), 1) + codes
+        _, keep = np.unique(pair, return_index=True)
+        keep.sort()  # first appearance order within each frame
+        values = pa.DictionaryArray.from_arrays(pa.array(codes[keep], pa.int32()),
+                                                pa.array(np.asarray(names, dtype=object), pa.string()))
+        out[target] = as_series(grouped_list(key_id[keep], values.cast(pa.string()), len(out)))
     return out
