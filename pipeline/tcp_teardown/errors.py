@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from enum import IntEnum
+
+# Characters that must not reach a terminal or a log line raw: C0/C1 controls (newlines
+# would split the one-line message; ESC starts terminal escape sequences) and the bidi
+# overrides that make text display in another order than it is stored.
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 class ExitCode(IntEnum):
@@ -31,7 +37,8 @@ class TeardownError(Exception):
 
     @property
     def message(self) -> str:
-        return str(self)
+        """The message as one printable line (file names may hold anything)."""
+        return one_line(str(self))
 
 
 class TruncatedCapture(TeardownError):
@@ -39,3 +46,36 @@ class TruncatedCapture(TeardownError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, ExitCode.TRUNCATED)
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters, bidi overrides and undecodable bytes escaped.
+
+    File names are user input: a newline in one must not split an error message, an
+    escape sequence must not reach the terminal. Bytes that were not UTF-8 (held as
+    surrogates by Python) show as \\xNN.
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for an undecodable byte
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch in "\n\r\t":
+            out.append(repr(ch)[1:-1])
+        elif code < 0x20 or 0x7F <= code < 0xA0 or ch in _BIDI or 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def display_path(path: os.PathLike[str] | str) -> str:
+    """A path as the name stored for it (the `file` column, summary.json, filters.txt).
+
+    Always valid UTF-8 on one line: undecodable bytes become \\xNN and control
+    characters are escaped as in error messages, so a name cannot break a text file
+    or a terminal that shows it. Ordinary names are unchanged.
+    """
+    return one_line(os.fspath(path))

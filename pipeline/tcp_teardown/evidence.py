@@ -61,6 +61,8 @@ def key_frame_rows(seg: Segments, lab: pd.DataFrame) -> pd.DataFrame:
             orderly | (close == str(Close.HALF_CLOSED)))
     add(rst, "RST", close, aborted)
     add(rst, "RST", open_, open_ == str(Open.REFUSED))
+    # A never-opened connection's RST (a half-open attempt given up) is its rst_frame too.
+    add(lab["first_rst"].to_numpy(), "RST", open_, close == str(Close.NEVER_OPENED))
     add(rst, "RST after FIN", str(Flag.RST_AFTER_FIN), flag(Flag.RST_AFTER_FIN))
     add(rst, "RST after close", str(Flag.RST_AFTER_CLOSE), flag(Flag.RST_AFTER_CLOSE))
     add(close_event, "server close", str(Flag.REFUSED_AFTER_HANDSHAKE),

@@ -81,7 +81,12 @@ def compute_facts(seg: Segments, identity: pd.DataFrame, params: Params) -> pd.D
         f["syn"] >= 0, seg.first_where(bare_server_ack & before_syn_ack), NONE
     )
     server_rst = s2c & rst
-    f["server_rst_before_syn_ack"] = seg.first_where(server_rst & before_syn_ack & after_syn)
+    # A refusal acknowledges the SYN it refuses (RST+ACK, ack = ISN + 1); a client in
+    # SYN-SENT ignores any other RST, and so do we.
+    syn_at = seg.per_packet(f["syn"].to_numpy())
+    isn_end = (seg.seq[np.maximum(syn_at, 0)] + 1) % tf.SEQ_SPACE
+    answers_syn = ~ackf | (tf.seq_diff(seg.ack, isn_end) == 0)
+    f["server_rst_before_syn_ack"] = seg.first_where(server_rst & before_syn_ack & after_syn & answers_syn)
 
     # RSTs: one answered by a later SYN-ACK belongs to the opening (TIME_WAIT challenge).
     f["rst"] = seg.first_where(closing_rst)

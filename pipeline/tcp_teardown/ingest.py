@@ -7,17 +7,19 @@ into typed columns right away (innermost IP/TCP of encapsulations: the last occu
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import logging
 import os
 import queue
+import signal
 import stat
 import struct
 import subprocess
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -142,8 +144,10 @@ def read_tshark(path: Path, tshark: ts.Tshark, report: ReadReport) -> Iterator[p
     source = "-" if container == "zstd" else tshark_source(path)
     cmd = ts.ek_command(tshark, source)
     stdin = subprocess.PIPE if container == "zstd" else subprocess.DEVNULL
+    # Its own process group: stopping it stops whatever it started too (nothing then
+    # holds its output pipe open, which would keep the reader thread waiting).
     proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=ts.tshark_env())
+                            env=ts.tshark_env(), process_group=0)
     stderr_lines: list[bytes] = []
     feeder: threading.Thread | None = None
     drain = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr or []), daemon=True)
@@ -153,13 +157,13 @@ def read_tshark(path: Path, tshark: ts.Tshark, report: ReadReport) -> Iterator[p
     try:
         feeder = _feed_zstd(path, proc) if container == "zstd" else None
         assert proc.stdout is not None
-        for packets in _interruptible(ek_batches(proc.stdout)):
+        for packets in _interruptible(ek_batches(proc.stdout), on_stop=lambda: _stop(proc)):
             rows += packets.num_rows
             yield packets
     except EkUnreadable as exc:
         broken = exc  # judged below, once tshark's own exit status is known
     except BaseException:
-        proc.kill()
+        _stop(proc)
         raise
     finally:
         if proc.poll() is None and proc.stdout is not None:
@@ -180,13 +184,16 @@ def read_tshark(path: Path, tshark: ts.Tshark, report: ReadReport) -> Iterator[p
     _judge_exit(path, code, stderr, rows, report)
 
 
-def _interruptible(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.RecordBatch]:
+def _interruptible(batches: Iterator[pa.RecordBatch], depth: int = 2,
+                   on_stop: Callable[[], None] | None = None) -> Iterator[pa.RecordBatch]:
     """`batches`, produced in a worker thread, so Ctrl-C and SIGTERM act at once.
 
     pyarrow's JSON reader waits for tshark's output in C++, where Python cannot run a
     signal handler: a quiet tshark would hold an interrupt for as long as it stays quiet.
-    Waiting on a queue instead is interruptible; the caller then kills tshark, which
-    ends the worker's read. At most `depth` batches wait in the queue (bounded memory).
+    Waiting on a queue instead is interruptible. Stopped early (an interrupt, or the
+    consumer closing the generator), it calls `on_stop` (which kills tshark, ending the
+    worker's read) and waits for the worker: a pyarrow read still running at exit would
+    deadlock the interpreter's shutdown. At most `depth` batches wait in the queue.
     """
     handoff: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -211,9 +218,12 @@ def _interruptible(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterato
 
     worker = threading.Thread(target=work, name="tcp-teardown-ek", daemon=True)
     worker.start()
+    finished = False
     try:
         while True:
             kind, value = handoff.get()
+            if kind in ("end", "error"):
+                finished = True
             if kind == "end":
                 return
             if kind == "error":
@@ -223,6 +233,10 @@ def _interruptible(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterato
             yield value
     finally:
         stop.set()
+        if not finished:
+            if on_stop is not None:
+                on_stop()
+            worker.join(timeout=30)
 
 
 class _NoBareNulls(io.RawIOBase):
@@ -295,12 +309,20 @@ def ek_batches(stream: BinaryIO, block_size: int = EK_BLOCK_BYTES) -> Iterator[p
             yield packets
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill tshark and its process group."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+
+
 def _feed_zstd(path: Path, proc: subprocess.Popen) -> threading.Thread:
     """tshark 4.0 cannot read zstd: decompress into its stdin from a thread."""
     try:
         import zstandard
     except ImportError as exc:
-        proc.kill()
+        _stop(proc)
         raise TeardownError(f"{path}: zstd capture needs the 'zstandard' package",
                             ExitCode.NOT_A_CAPTURE) from exc
 

@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,9 +32,11 @@ def prepare_out_dir(out: Path) -> Path:
 
 
 def _atomic(target: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    try:
+        tmp = _stage(target.parent, target.name)
+    except OSError as exc:
+        raise TeardownError(f"{target}: cannot write: {exc.strerror or exc}",
+                            ExitCode.OUTPUT_UNWRITABLE) from exc
     try:
         write(tmp)
         os.replace(tmp, target)
@@ -59,17 +62,22 @@ def write_json(data: object, target: Path) -> None:
 
 
 def write_all(out: Path, tables: dict[str, pa.Table], texts: dict[str, str]) -> None:
-    """Write every table and text into temp files first, then rename them all into place."""
+    """Write every table and text into temp files first, then rename them all into place.
+
+    A temp file is registered before a byte is written to it, so a full disk or an
+    interrupt (KeyboardInterrupt, SIGTERM) at any point leaves none behind.
+    """
     staged: list[tuple[Path, Path]] = []
     try:
         for name, table in tables.items():
-            tmp = _stage(out, name)
-            pq.write_table(table, tmp, compression="zstd")
-            staged.append((tmp, out / name))
+            staged.append((_stage(out, name), out / name))
+            pq.write_table(table, staged[-1][0], compression="zstd")
         for name, text in texts.items():
-            tmp = _stage(out, name)
-            tmp.write_text(text, encoding="utf-8")
-            staged.append((tmp, out / name))
+            staged.append((_stage(out, name), out / name))
+            staged[-1][0].write_text(text, encoding="utf-8")
+        in_the_way = [target.name for _, target in staged if target.is_dir()]
+        if in_the_way:  # checked before any rename: all files are replaced, or none
+            raise IsADirectoryError(f"a folder is in the way of {', '.join(in_the_way)}")
         for tmp, target in staged:
             os.replace(tmp, target)
     except OSError as exc:
@@ -81,6 +89,22 @@ def write_all(out: Path, tables: dict[str, pa.Table], texts: dict[str, str]) -> 
 
 
 def _stage(out: Path, name: str) -> Path:
+    """An empty temp file beside the target, with the permissions a plain create gives
+    (mkstemp makes it private, which the renamed result would keep)."""
     fd, tmp_name = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp_name)
+        raise
     os.close(fd)
     return Path(tmp_name)
+
+
+@cache
+def _umask() -> int:
+    """The process umask (read once: setting it to read it is not thread-safe)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -54,7 +54,8 @@ def rst_after_close(f: pd.DataFrame, p: Params) -> np.ndarray:
 @flag_rule
 def fin_retransmitted(f: pd.DataFrame, p: Params) -> np.ndarray:
     """A FIN was sent again (its ACK was lost or late)."""
-    return (_col(f, "client_fin_count") > 1) | (_col(f, "server_fin_count") > 1)
+    resent = (_col(f, "client_fin_count") > 1) | (_col(f, "server_fin_count") > 1)
+    return f["open"].isin(OPENED).to_numpy() & resent
 
 
 @flag_rule

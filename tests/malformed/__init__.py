@@ -1,0 +1,1 @@
+"""Capture builders for the malformed-input, fault and soak tests."""
