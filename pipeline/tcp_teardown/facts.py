@@ -149,7 +149,9 @@ def compute_facts(seg: Segments, identity: pd.DataFrame, params: Params) -> pd.D
     has_event = close_event >= 0
     prev = np.maximum(close_event - 1, 0)
     has_prev = has_event & (close_event > seg.starts)
-    f["idle_before_close_s"] = np.where(has_prev, seg.ts[np.maximum(close_event, 0)] - seg.ts[prev], np.nan)
+    gap = seg.ts[np.maximum(close_event, 0)] - seg.ts[prev] if len(seg.ts) else np.zeros(len(close_event))
+    # A clock stepping back makes a negative "silence": no silence can be read there.
+    f["idle_before_close_s"] = np.where(has_prev & (gap >= 0), gap, np.nan)
     # Who closed: the first FIN's side (an inferred FIN shows at the other side's ACK), or the RST's.
     f["close_event_by_client"] = np.where(by_fin, client_first, _at(seg.c2s, close_event))
     f["close_ts"] = np.where(has_event, seg.ts[np.maximum(close_event, 0)], np.nan)
