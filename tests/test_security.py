@@ -196,8 +196,6 @@ else:
 
 
 @pytest.mark.skipif(not HAVE_BATCH, reason="tcp-teardown batch is not available")
-@pytest.mark.xfail(strict=True, reason="batch deletes the parts an old manifest record names without "
-                                       "confining them to the dataset (reported)")
 def test_manifest_paths_cannot_reach_outside_the_dataset(tmp_path: Path) -> None:
     archive, dataset = tmp_path / "archive", tmp_path / "dataset"
     archive.mkdir()

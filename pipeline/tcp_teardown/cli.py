@@ -56,7 +56,9 @@ def analyze(
     msl: Annotated[
         float, typer.Option(min=0.0, help="Maximum segment lifetime in seconds (TIME_WAIT = 2·MSL).")
     ] = 30.0,
-    engine: Annotated[Engine, typer.Option(help="Capture reader: auto (native, tshark when it declines), native, or tshark.")] = Engine.AUTO,
+    engine: Annotated[
+        Engine, typer.Option(help="Capture reader: auto (native, tshark when it declines), native, or tshark.")
+    ] = Engine.AUTO,
     tshark: Annotated[str | None, typer.Option(help="Path of the tshark binary to use.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import platform
 from dataclasses import asdict
-import json
 from pathlib import Path
 
 from tcp_teardown import __version__, filters
