@@ -118,9 +118,9 @@ def to_frame(table: pa.Table) -> pd.DataFrame:
     return df
 
 
-@dataclass
-class Result:
-    """What `analyze` returns: DataFrames of connections, key frames, endpoints and hosts."""
+class TableViews:
+    """DataFrame views and per-connection drill-downs over `self.tables` (shared by the
+    result of `analyze` and by results loaded back from disk)."""
 
     tables: Tables
 
@@ -161,15 +161,24 @@ class Result:
 
         return explore.filter_for(rows, key_frames=key_frames, among=self.connections)
 
-    def _repr_html_(self) -> str:
-        conns = self.tables.connections
-        counts = summary_counts(conns)
+    def counts_html(self) -> str:
+        """Connections per label as an HTML table."""
         rows = "".join(
             f"<tr><td>{kind}</td><td>{label}</td><td>{n}</td></tr>"
-            for kind, values in counts.items() for label, n in values.items()
+            for kind, values in summary_counts(self.tables.connections).items() for label, n in values.items()
         )
-        return (f"<b>tcp-teardown</b>: {len(conns)} connections in {len(self.tables.files)} "
-                f"capture(s)<table><tr><th>kind</th><th>label</th><th>connections</th></tr>{rows}</table>")
+        return f"<table><tr><th>kind</th><th>label</th><th>connections</th></tr>{rows}</table>"
+
+
+@dataclass
+class Result(TableViews):
+    """What `analyze` returns: DataFrames of connections, key frames, endpoints and hosts."""
+
+    tables: Tables
+
+    def _repr_html_(self) -> str:
+        return (f"<b>tcp-teardown</b>: {self.tables.connections.num_rows} connections in "
+                f"{len(self.tables.files)} capture(s){self.counts_html()}")
 
 
 def summary_counts(conns: pa.Table) -> dict[str, dict[str, int]]:

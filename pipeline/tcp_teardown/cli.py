@@ -7,17 +7,18 @@ Every failure the user can act on is one line on stderr and a documented exit co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
-from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
 import typer
 
+from tcp_teardown.commands.options import AsJson, Engine, EngineOption, IdleThreshold, Msl, TsharkPath
 from tcp_teardown.errors import ExitCode, TeardownError, one_line
 
 app = typer.Typer(
@@ -27,12 +28,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-class Engine(StrEnum):
-    AUTO = "auto"
-    NATIVE = "native"
-    TSHARK = "tshark"
 
 
 def fail(error: TeardownError) -> typer.Exit:
@@ -50,17 +45,11 @@ def say(text: str) -> None:
 def analyze(
     captures: Annotated[list[Path], typer.Argument(help="Capture files (pcap, pcapng; .gz/.zst).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for Parquet and filters.")],
-    idle_threshold: Annotated[
-        float, typer.Option(min=0.0, help="Seconds of silence before a close that make it idle_close.")
-    ] = 5.0,
-    msl: Annotated[
-        float, typer.Option(min=0.0, help="Maximum segment lifetime in seconds (TIME_WAIT = 2·MSL).")
-    ] = 30.0,
-    engine: Annotated[
-        Engine, typer.Option(help="Capture reader: auto (native, tshark when it declines), native, or tshark.")
-    ] = Engine.AUTO,
-    tshark: Annotated[str | None, typer.Option(help="Path of the tshark binary to use.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    idle_threshold: IdleThreshold = 5.0,
+    msl: Msl = 30.0,
+    engine: EngineOption = Engine.AUTO,
+    tshark: TsharkPath = None,
+    as_json: AsJson = False,
 ) -> None:
     """Label every TCP connection of the captures; write Parquet tables and Wireshark filters."""
     from tcp_teardown import report as run_report
@@ -170,7 +159,20 @@ def main() -> None:
         code = int(ExitCode.FAILED)
     if code == ExitCode.INTERRUPTED:  # typer turns KeyboardInterrupt (Ctrl-C, SIGTERM) into 130
         say("interrupted")
-    sys.exit(code if isinstance(code, int) else int(ExitCode.OK))
+    _exit(code if isinstance(code, int) else int(ExitCode.OK))
+
+
+def _exit(code: int) -> None:
+    """Exit without interpreter finalization once everything is written and flushed.
+
+    Outputs are complete by now (each renamed into place). Finalization would only tear
+    down Arrow's C++ thread pools, and a reader thread of an aborted tshark read can race
+    that teardown into an abort(): the exit code must be ours, always.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

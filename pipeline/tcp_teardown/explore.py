@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from tcp_teardown import endpoints as endpoint_tables
 from tcp_teardown import filters as label_filters
-from tcp_teardown.api import FileReport, Result, Tables, analyze, summary_counts, to_frame
+from tcp_teardown.api import FileReport, Result, Tables, TableViews, analyze
 from tcp_teardown.facts import Params
 from tcp_teardown.ladder import Ladder
 from tcp_teardown.schema import CONNECTIONS, ENDPOINTS, FRAMES, HOSTS
@@ -138,7 +138,7 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.table(columns, names=names)
 
 
-class Loaded:
+class Loaded(TableViews):
     """Result tables read back from disk; filters are pushed into the scan.
 
     `connections` holds the rows that pass the filters; `frames` the key frames of those
@@ -257,45 +257,12 @@ class Loaded:
         files = [FileReport(**{k: v for k, v in f.items() if k in names}) for f in run.get("inputs", [])]
         return params, files
 
-    @property
-    def connections(self) -> pd.DataFrame:
-        return to_frame(self.tables.connections)
-
-    @property
-    def frames(self) -> pd.DataFrame:
-        return to_frame(self.tables.frames)
-
-    @property
-    def endpoints(self) -> pd.DataFrame:
-        return to_frame(self.tables.endpoints)
-
-    @property
-    def hosts(self) -> pd.DataFrame:
-        return to_frame(self.tables.hosts)
-
-    def filters(self) -> list[label_filters.LabelFilter]:
-        return label_filters.label_filters(self.tables.connections, self.tables.frames)
-
     def _repr_html_(self) -> str:
         conns = self.tables.connections
-        counts = summary_counts(conns)
-        rows = "".join(f"<tr><td>{kind}</td><td>{label}</td><td>{n}</td></tr>"
-                       for kind, values in counts.items() for label, n in values.items())
         where = f" where <code>{self.filter}</code>" if self.filter is not None else ""
         captures = pc.count_distinct(conns.column("file")).as_py()
         return (f"<b>tcp-teardown</b> (loaded from <code>{self.root}</code>{where}): {conns.num_rows} connections "
-                f"in {captures} capture(s)"
-                f"<table><tr><th>kind</th><th>label</th><th>connections</th></tr>{rows}</table>")
-
-    # -- per connection ---------------------------------------------------------------------
-    def explain(self, flow_id: str, *, file: str | None = None, plot: bool = False) -> Ladder | Figure:
-        return explain(self, flow_id, file=file, plot=plot)
-
-    def packets(self, flow_id: str, *, file: str | None = None) -> list[Any]:
-        return packets(self, flow_id, file=file)
-
-    def filter_for(self, rows: pd.DataFrame | pd.Series | dict[str, Any], *, key_frames: bool = False) -> str:
-        return filter_for(rows, key_frames=key_frames, among=self.connections)
+                f"in {captures} capture(s){self.counts_html()}")
 
 
 Source: TypeAlias = "Result | Loaded | str | os.PathLike[str]"

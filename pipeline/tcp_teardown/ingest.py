@@ -155,7 +155,7 @@ def read_tshark(path: Path, tshark: ts.Tshark, report: ReadReport) -> Iterator[p
     rows = 0
     broken: TeardownError | None = None
     try:
-        feeder = _feed_zstd(path, proc) if container == "zstd" else None
+        feeder = feed_zstd(path, proc) if container == "zstd" else None
         assert proc.stdout is not None
         for packets in _interruptible(ek_batches(proc.stdout), on_stop=lambda: _stop(proc)):
             rows += packets.num_rows
@@ -233,10 +233,10 @@ def _interruptible(batches: Iterator[pa.RecordBatch], depth: int = 2,
             yield value
     finally:
         stop.set()
-        if not finished:
-            if on_stop is not None:
-                on_stop()
-            worker.join(timeout=30)
+        if not finished and on_stop is not None:
+            on_stop()
+        # Always joined: a worker still inside pyarrow's reader at exit can abort the process.
+        worker.join(timeout=30)
 
 
 class _NoBareNulls(io.RawIOBase):
@@ -317,7 +317,7 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def _feed_zstd(path: Path, proc: subprocess.Popen) -> threading.Thread:
+def feed_zstd(path: Path, proc: subprocess.Popen) -> threading.Thread:
     """tshark 4.0 cannot read zstd: decompress into its stdin from a thread."""
     try:
         import zstandard

@@ -21,7 +21,6 @@ import contextlib
 import re
 import shutil
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,7 +286,7 @@ def _split_editcap(member: int, path: Path, scratch: Path, chunk_packets: int) -
     proc = subprocess.Popen([editcap, "-c", str(chunk_packets), source, str(folder / "chunk.pcapng")],
                             stdin=subprocess.PIPE if container == "zstd" else subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    feeder = _feed_zstd(path, proc) if container == "zstd" else None
+    feeder = ingest.feed_zstd(path, proc) if container == "zstd" else None
     assert proc.stderr is not None
     stderr = proc.stderr.read()  # not communicate(): it would close the stdin the feeder writes
     proc.wait()
@@ -310,20 +309,3 @@ def _split_editcap(member: int, path: Path, scratch: Path, chunk_packets: int) -
     return outcome
 
 
-def _feed_zstd(path: Path, proc: subprocess.Popen) -> threading.Thread:
-    import zstandard
-
-    def pump() -> None:
-        assert proc.stdin is not None
-        try:
-            with path.open("rb") as raw:
-                zstandard.ZstdDecompressor().copy_stream(raw, proc.stdin)
-        except (OSError, zstandard.ZstdError):
-            pass  # editcap then reports the cut, which is judged like a truncated file
-        finally:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
-    return thread

@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from tcp_teardown.cli import Engine, fail
+from tcp_teardown.cli import fail
+from tcp_teardown.commands.options import AsJson, Engine, EngineOption, IdleThreshold, Msl, TsharkPath
 from tcp_teardown.errors import TeardownError
 
 DEFAULT_CHUNK_PACKETS = 500_000  # runner.DEFAULT_CHUNK_PACKETS, repeated to keep --help light
@@ -39,17 +40,12 @@ def batch(
         metavar="SCHEDULER_ADDRESS",
         help="Run the tasks on a Dask cluster (archive and dataset on shared storage); "
              "'local' starts a LocalCluster.")] = None,
-    idle_threshold: Annotated[
-        float, typer.Option(min=0.0, help="Seconds of silence before a close that make it idle_close.")
-    ] = 5.0,
-    msl: Annotated[
-        float, typer.Option(min=0.0, help="Maximum segment lifetime in seconds (TIME_WAIT = 2·MSL).")
-    ] = 30.0,
-    engine: Annotated[Engine, typer.Option(
-        help="Capture reader: auto (native, tshark when it declines), native, or tshark.")] = Engine.AUTO,
-    tshark: Annotated[str | None, typer.Option(help="Path of the tshark binary to use.")] = None,
+    idle_threshold: IdleThreshold = 5.0,
+    msl: Msl = 30.0,
+    engine: EngineOption = Engine.AUTO,
+    tshark: TsharkPath = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress line.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Label every TCP connection of an archive into a hive-partitioned Parquet dataset.
 
