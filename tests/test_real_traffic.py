@@ -20,39 +20,14 @@ from pathlib import Path
 
 import pytest
 
+from tcp_teardown.vocab import CLOSE_VALUES, FLAG_VALUES, OPEN_VALUES
+
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO / "tests" / "captures" / "real"
 SCORE = REPO.parent / "shared" / "tools" / "score.py"
 CLI = Path(sys.executable).with_name("tcp-teardown")
 
-VOCABULARY = {
-    "open": {"handshake", "refused", "no_answer", "syn_ack_no_ack", "midstream"},
-    "close": {
-        "fin_by_client",
-        "fin_by_server",
-        "fin_simultaneous",
-        "rst_by_client",
-        "rst_by_server",
-        "half_closed",
-        "not_closed",
-        "never_opened",
-    },
-    "flags": {
-        "three_way_close",
-        "refused_after_handshake",
-        "rst_after_fin",
-        "rst_after_close",
-        "fin_retransmitted",
-        "final_ack_missing",
-        "syn_retransmitted",
-        "syn_ack_retransmitted",
-        "idle_close",
-        "port_reuse_time_wait",
-        "time_wait_challenge",
-        "one_direction_only",
-        "rst_suspect_injected",
-    },
-}
+VOCABULARY = {"open": set(OPEN_VALUES), "close": set(CLOSE_VALUES), "flags": set(FLAG_VALUES)}
 
 
 def _needs_analyzer_and_scorer() -> None:

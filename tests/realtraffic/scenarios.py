@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tcp_teardown.vocab import FLAG_VALUES
 from tests.realtraffic.netns import (
     ACK,
     FIN,
@@ -57,21 +58,7 @@ AFTER_DELAYED_ACK_S = 0.4
 IDLE_S = 5.6
 
 # Taxonomy order, used to write `flags` the way expected.json lists them.
-FLAG_ORDER = (
-    "three_way_close",
-    "refused_after_handshake",
-    "rst_after_fin",
-    "rst_after_close",
-    "fin_retransmitted",
-    "final_ack_missing",
-    "syn_retransmitted",
-    "syn_ack_retransmitted",
-    "idle_close",
-    "port_reuse_time_wait",
-    "time_wait_challenge",
-    "one_direction_only",
-    "rst_suspect_injected",
-)
+FLAG_ORDER = FLAG_VALUES
 FRAME_KEYS = ("syn_frame", "first_fin_frame", "second_fin_frame", "rst_frame", "final_ack_frame")
 MOD = 1 << 32
 
