@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tcp_teardown import tcpflags as tf
 from tcp_teardown.pcapng_writer import read_records
+from tcp_teardown.tcpflags import internet_checksum
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "captures" / "real"
@@ -45,13 +46,6 @@ class _Record:
     frame: bytes
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 _TEMPLATE_CACHE: dict[str, list[tuple[float, bytes]]] = {}
@@ -89,11 +83,11 @@ def _rewrite(frame: bytes, to_server: bool, conn: Conn) -> tuple[bytes, int]:
     # Checksums: IPv4 header, then TCP over the pseudo-header (RFC 9293, 3.1).
     total_len = struct.unpack_from("!H", buf, ip + 2)[0]
     struct.pack_into("!H", buf, ip + 10, 0)
-    struct.pack_into("!H", buf, ip + 10, _checksum(bytes(buf[ip:tcp])))
+    struct.pack_into("!H", buf, ip + 10, internet_checksum(bytes(buf[ip:tcp])))
     segment_len = total_len - ihl
     struct.pack_into("!H", buf, tcp + 16, 0)
     pseudo = bytes(buf[ip + 12:ip + 20]) + struct.pack("!BBH", 0, IPPROTO_TCP, segment_len)
-    struct.pack_into("!H", buf, tcp + 16, _checksum(pseudo + bytes(buf[tcp:tcp + segment_len])))
+    struct.pack_into("!H", buf, tcp + 16, internet_checksum(pseudo + bytes(buf[tcp:tcp + segment_len])))
     return bytes(buf), flags
 
 

@@ -111,11 +111,6 @@ HOSTS = pa.schema(
 )
 
 
-def empty_table(schema: pa.Schema) -> pa.Table:
-    """A zero-row table of `schema`, so "nothing found" is still a correctly typed table."""
-    return schema.empty_table()
-
-
 def arrow_table(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     """DataFrame -> Arrow table of `schema`, without pandas' dtype metadata (readers decide dtypes)."""
     return pa.Table.from_pandas(df, schema=schema, preserve_index=False).replace_schema_metadata(None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 # Flag bits of the TCP header's flags field (RFC 9293, 3.1; ECE/CWR RFC 3168).
@@ -52,3 +54,13 @@ def seq_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def covers(ack: np.ndarray, seq_end: np.ndarray) -> np.ndarray:
     """True where the acknowledgement number `ack` acknowledges everything before `seq_end`."""
     return seq_diff(ack, seq_end) >= 0
+
+
+def internet_checksum(data: bytes) -> int:
+    """The 16-bit ones' complement checksum of IP and TCP headers (RFC 1071)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF

@@ -156,11 +156,6 @@ def is_recent_enough(version: tuple[int, int, int]) -> bool:
     return version[:2] >= MIN_VERSION
 
 
-def wants_commas_in_sets(version: tuple[int, int, int]) -> bool:
-    """tshark 4.0 requires commas between set members; later versions accept them too."""
-    return True
-
-
 @lru_cache(maxsize=8)
 def protocols_above_tcp(path: str) -> tuple[str, ...]:
     """Protocols tshark would hand TCP payload to (by port or heuristic): we disable them all.

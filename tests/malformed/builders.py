@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
+from tcp_teardown.tcpflags import internet_checksum
+
 # TCP flag bits (RFC 9293, 3.1).
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
@@ -136,13 +138,6 @@ def shift(segs: Iterable[Seg], seconds: float) -> list[Seg]:
 
 
 # --- headers -------------------------------------------------------------------------------
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def tcp_bytes(seg: Seg) -> bytes:
@@ -155,7 +150,7 @@ def tcp_bytes(seg: Seg) -> bytes:
         pseudo = src + dst + struct.pack("!BBH", 0, 6, len(body))
     else:
         pseudo = src + dst + struct.pack("!IxxxB", len(body), 6)
-    check = _checksum(pseudo + body)
+    check = internet_checksum(pseudo + body)
     return body[:16] + struct.pack("!H", check) + body[18:]
 
 
@@ -166,7 +161,7 @@ def ipv4_bytes(src: str, dst: str, payload: bytes, *, proto: int = 6, ttl: int =
     length = 20 + len(payload) if total_length is None else total_length
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, length, ip_id, frag, ttl, proto, 0,
                          ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed)
-    return header[:10] + struct.pack("!H", _checksum(header)) + header[12:] + payload
+    return header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:] + payload
 
 
 def ipv6_bytes(src: str, dst: str, payload: bytes, *, next_header: int = 6, hop_limit: int = 64) -> bytes:

@@ -27,6 +27,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tcp_teardown.tcpflags import internet_checksum
+
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
 COMMAND_TIMEOUT_S = 10.0
@@ -340,13 +342,6 @@ def seq_state(sock: socket.socket) -> tuple[int, int]:
 # --- forged segments -------------------------------------------------------------------
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def send_raw_tcp(
@@ -374,7 +369,7 @@ def send_raw_tcp(
         socket.IPPROTO_TCP,
         len(header) + len(payload),
     )
-    checksum = _checksum(pseudo + header + payload)
+    checksum = internet_checksum(pseudo + header + payload)
     segment = header[:16] + struct.pack("!H", checksum) + header[18:] + payload
     raw = socket_in(ns, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
     with raw:
