@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from tcp_teardown import analysis
 from tcp_teardown.analysis import analyze_packets
 from tcp_teardown.connections import split_connections
-from tcp_teardown.facts import Params, compute_facts
+from tcp_teardown.facts import Facts, Params, compute_facts
 from tcp_teardown.rules import CLOSE_RULES, OPEN_RULES
 from tcp_teardown.rules.apply import apply_rules
 from tcp_teardown.vocab import CLOSE_VALUES, FLAG_VALUES, OPEN_VALUES
@@ -330,14 +330,14 @@ def same_tables(got: pa.Table, want: pa.Table) -> None:
 def check_exclusive(table: pa.Table) -> None:
     """Every connection matches exactly one open rule and exactly one close rule."""
     split = split_connections(table)
-    facts = compute_facts(split.segments, split.identity, PARAMS)
+    facts = compute_facts(split.segments, split.identity.pair, PARAMS)
     open_masks = _masks(OPEN_RULES, facts)
     assert (open_masks.sum(axis=1) == 1).all(), _which(OPEN_RULES, open_masks)
     close_masks = _masks(CLOSE_RULES, apply_rules(facts, PARAMS))
     assert (close_masks.sum(axis=1) == 1).all(), _which(CLOSE_RULES, close_masks)
 
 
-def _masks(rules: list, facts: pd.DataFrame) -> np.ndarray:
+def _masks(rules: list, facts: Facts) -> np.ndarray:
     """One column per rule: where its mask holds."""
     return np.column_stack([np.asarray(rule.fn(facts, PARAMS), dtype=bool) for rule in rules])
 

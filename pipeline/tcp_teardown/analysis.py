@@ -5,20 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from tcp_teardown import evidence
-from tcp_teardown.connections import Segments, split_connections
+from tcp_teardown.connections import Identity, Segments, split_connections
+from tcp_teardown.evidence import KeyFrames
 from tcp_teardown.facts import Params, compute_facts
-from tcp_teardown.lists import as_series, grouped_list
+from tcp_teardown.lists import Grouped
 from tcp_teardown.memory import release_unused
 from tcp_teardown.rules import apply_rules
-from tcp_teardown.schema import CONNECTIONS, FRAMES, arrow_table
+from tcp_teardown.rules.apply import flag_lists, flag_matrix, label_names
+from tcp_teardown.schema import CONNECTIONS, FRAMES
+from tcp_teardown.vocab import CLOSE_VALUES, OPEN_VALUES, TIME_WAIT_VALUES
 
 # Connections are labelled in slices of about this many packets (cut between 4-tuples):
 # the per-packet temporaries of the facts then stay bounded whatever the capture size.
 SLICE_PACKETS = 250_000
+
+# Per-connection columns that hold segment indices, written as frame numbers.
+FRAME_COLUMNS = {"syn_frame": "syn", "first_fin_frame": "first_fin", "second_fin_frame": "second_fin",
+                 "rst_frame": "first_rst", "final_ack_frame": "final_ack",
+                 "first_frame": "first", "last_frame": "last"}
+COPIED = ("first_ts", "last_ts", "idle_before_close_s", "packets_c2s", "packets_s2c", "bytes_c2s",
+          "bytes_s2c", "open", "close", "time_wait_side")
 
 
 @dataclass
@@ -27,6 +36,24 @@ class FileResult:
 
     connections: pa.Table
     frames: pa.Table
+
+
+@dataclass
+class Labelled:
+    """Labelled connections as NumPy columns (one row per connection, Segments order),
+    their syn_ack_intervals, and their key frames."""
+
+    columns: dict[str, np.ndarray]
+    intervals: Grouped
+    keys: KeyFrames
+
+    @staticmethod
+    def concat(parts: list[Labelled], offsets: list[int]) -> Labelled:
+        return Labelled(
+            columns={name: np.concatenate([p.columns[name] for p in parts]) for name in parts[0].columns},
+            intervals=Grouped.concat([p.intervals for p in parts], offsets),
+            keys=KeyFrames.concat([p.keys for p in parts], offsets),
+        )
 
 
 def analyze_packets(packets: pa.Table | list[pa.Table], file: str, params: Params) -> FileResult:
@@ -42,75 +69,85 @@ def analyze_packets(packets: pa.Table | list[pa.Table], file: str, params: Param
     split = split_connections(table)
     del table
     release_unused()
-    pieces = [_label_slice(split.segments.slice(c0, c1), split.identity.iloc[c0:c1].reset_index(drop=True),
-                           file, params)
-              for c0, c1 in split.slices(SLICE_PACKETS)]
+    slices = split.slices(SLICE_PACKETS)
+    labelled = Labelled.concat([_label_slice(split.segments.slice(c0, c1), split.identity.pair[c0:c1], params)
+                                for c0, c1 in slices], [c0 for c0, _ in slices])
+    del split.segments
     release_unused()
-    conns = pd.concat([c for c, _ in pieces], ignore_index=True)
-    frames = pd.concat([f for _, f in pieces], ignore_index=True)
-    conns = conns.sort_values("first_frame", kind="stable").reset_index(drop=True)
-    frames = frames.sort_values("frame_number", kind="stable").reset_index(drop=True)
-    return FileResult(arrow_table(conns, CONNECTIONS), arrow_table(frames, FRAMES))
+    return FileResult(_connections(labelled, split.identity, file), _frames(labelled, split.identity, file))
 
 
-def _nullable(values: np.ndarray) -> pd.arrays.IntegerArray:
-    """-1 (unknown) becomes a null."""
-    out = pd.array(values, dtype="Int64")
-    out[values < 0] = pd.NA
-    return out
-
-
-def _label_slice(seg: Segments, ident: pd.DataFrame, file: str, params: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _label_slice(seg: Segments, pair: np.ndarray, params: Params) -> Labelled:
     """Facts, labels and key frames of a slice of whole 4-tuples (bounded working memory)."""
-    labelled = apply_rules(compute_facts(seg, ident, params), params)
-    key_rows = evidence.group_key_frames(evidence.key_frame_rows(seg, labelled))
+    facts = apply_rules(compute_facts(seg, pair, params), params)
+    columns = {name: facts[name] for name in COPIED}
+    columns.update({name: evidence.frame_of(seg, facts[index]) for name, index in FRAME_COLUMNS.items()})
+    columns["close_duration_s"] = np.where(facts["close_event"] >= 0, facts["last_ts"] - facts["close_ts"], np.nan)
+    columns["flags"] = flag_matrix(facts)
+    keys = evidence.group_key_frames(evidence.key_frame_rows(seg, facts))
+    return Labelled(columns, facts.lists["syn_ack_intervals"], keys)
 
-    def frame(column: str) -> pd.arrays.IntegerArray:
-        return evidence.frame_of(seg, labelled[column].to_numpy())
 
-    key_frames = as_series(grouped_list(key_rows["conn"].to_numpy(), key_rows["frame"].to_numpy(),
-                                        len(labelled), pa.int64()))
-    close_event = labelled["close_event"].to_numpy()
-    close_duration = np.where(close_event >= 0, labelled["last_ts"] - labelled["close_ts"], np.nan)
-    conns = pd.DataFrame({
-        "flow_id": ident["flow_id"],
-        "file": file,
-        "tcp_stream": _nullable(ident["tcp_stream"].to_numpy()),
-        "client_ip": ident["client_ip"],
-        "client_port": ident["client_port"],
-        "server_ip": ident["server_ip"],
-        "server_port": ident["server_port"],
-        "ip_version": ident["ip_version"],
-        "roles_guessed": ident["roles_guessed"],
-        "open": labelled["open"],
-        "close": labelled["close"],
-        "flags": labelled["flags"],
-        "time_wait_side": labelled["time_wait_side"],
-        "first_ts": labelled["first_ts"],
-        "last_ts": labelled["last_ts"],
-        "duration_s": labelled["last_ts"] - labelled["first_ts"],
-        "close_duration_s": close_duration,
-        "idle_before_close_s": labelled["idle_before_close_s"],
-        "packets_c2s": labelled["packets_c2s"],
-        "packets_s2c": labelled["packets_s2c"],
-        "bytes_c2s": labelled["bytes_c2s"],
-        "bytes_s2c": labelled["bytes_s2c"],
-        "syn_ack_intervals": labelled["syn_ack_intervals"],
-        "syn_frame": frame("syn"),
-        "first_fin_frame": frame("first_fin"),
-        "second_fin_frame": frame("second_fin"),
-        "rst_frame": frame("first_rst"),
-        "final_ack_frame": frame("final_ack"),
-        "first_frame": seg.frame[labelled["first"].to_numpy()],
-        "last_frame": seg.frame[labelled["last"].to_numpy()],
-        "key_frames": key_frames,
-    })
-    frames = pd.DataFrame({
-        "file": file,
-        "frame_number": key_rows["frame"].to_numpy(np.int64),
-        "flow_id": ident["flow_id"].to_numpy()[key_rows["conn"].to_numpy()],
-        "tcp_stream": _nullable(ident["tcp_stream"].to_numpy()[key_rows["conn"].to_numpy()]),
-        "roles": key_rows["roles"],
-        "labels": key_rows["labels"],
-    })
-    return conns, frames
+def _connections(lab: Labelled, ident: Identity, file: str) -> pa.Table:
+    """The connections table, rows in order of first frame."""
+    order = np.argsort(lab.columns["first_frame"], kind="stable")
+    count = len(order)
+    col = {name: values[order] for name, values in lab.columns.items()}
+    keys = Grouped(lab.keys.conn, lab.keys.frame).permuted(order)
+    columns = {
+        "flow_id": _text(ident.flow_id[order]),
+        "file": pa.repeat(pa.scalar(file, pa.string()), count),
+        "tcp_stream": _nullable(ident.tcp_stream[order]),
+        "client_ip": ident.text(ident.client_ip[order]),
+        "client_port": ident.client_port[order],
+        "server_ip": ident.text(ident.server_ip[order]),
+        "server_port": ident.server_port[order],
+        "ip_version": ident.ip_version[order],
+        "roles_guessed": ident.roles_guessed[order],
+        "open": label_names(col["open"], OPEN_VALUES),
+        "close": label_names(col["close"], CLOSE_VALUES),
+        "flags": flag_lists(col["flags"]),
+        "time_wait_side": label_names(col["time_wait_side"], TIME_WAIT_VALUES),
+        "duration_s": col["last_ts"] - col["first_ts"],
+        "close_duration_s": _nullable_float(col["close_duration_s"]),
+        "idle_before_close_s": _nullable_float(col["idle_before_close_s"]),
+        "syn_ack_intervals": lab.intervals.permuted(order).to_arrow(count, pa.float64()),
+        "key_frames": keys.to_arrow(count, pa.int64()),
+        **{name: _nullable(col[name]) for name in FRAME_COLUMNS},
+    }
+    return _table(columns | {k: v for k, v in col.items() if k not in columns}, CONNECTIONS)
+
+
+def _frames(lab: Labelled, ident: Identity, file: str) -> pa.Table:
+    """The key frames table, rows in frame order (ties: connection order)."""
+    keys = lab.keys
+    order = np.argsort(keys.frame, kind="stable")
+    conn = keys.conn[order]
+    columns = {
+        "file": pa.repeat(pa.scalar(file, pa.string()), len(order)),
+        "frame_number": keys.frame[order],
+        "flow_id": _text(ident.flow_id[conn]),
+        "tcp_stream": _nullable(ident.tcp_stream[conn]),
+        "roles": keys.roles.permuted(order).named(len(order), evidence.role_names()),
+        "labels": keys.labels.permuted(order).named(len(order), evidence.LABEL_NAMES),
+    }
+    return _table(columns, FRAMES)
+
+
+def _text(values: np.ndarray) -> pa.Array:
+    return pa.array(values, pa.binary()).cast(pa.string())
+
+
+def _nullable(values: np.ndarray) -> pa.Array:
+    """-1 (unknown) becomes a null."""
+    return pa.array(values, pa.int64(), mask=values < 0)
+
+
+def _nullable_float(values: np.ndarray) -> pa.Array:
+    """NaN (no such time) becomes a null."""
+    return pa.array(values, pa.float64(), mask=np.isnan(values))
+
+
+def _table(columns: dict[str, pa.Array | np.ndarray], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_arrays([pa.array(columns[f.name], f.type) if isinstance(columns[f.name], np.ndarray)
+                                 else columns[f.name] for f in schema], schema=schema)

@@ -102,18 +102,43 @@ def _first_per_group(groups: np.ndarray, mask: np.ndarray, count: int) -> np.nda
 
 
 @dataclass
+class Identity:
+    """Who each connection is: one row per connection, in Segments order."""
+
+    addresses: pa.StringArray  # the capture's addresses as text; the *_ip columns index it
+    client_ip: np.ndarray
+    client_port: np.ndarray  # int32
+    server_ip: np.ndarray
+    server_port: np.ndarray  # int32
+    ip_version: np.ndarray  # int8
+    roles_guessed: np.ndarray  # bool
+    tcp_stream: np.ndarray  # int64, -1 where unknown
+    pair: np.ndarray  # code of the 4-tuple (ip, port, ip, port)
+    client_isn: np.ndarray  # int64, -1 where unknown
+    flow_id: np.ndarray  # 16 hex digits (bytes)
+
+    def slice(self, c0: int, c1: int) -> Identity:
+        """Connections c0..c1-1."""
+        return Identity(**{name: value if name == "addresses" else value[c0:c1]
+                           for name, value in self.__dict__.items()})
+
+    def text(self, codes: np.ndarray) -> pa.Array:
+        return self.addresses.take(pa.array(codes))
+
+
+@dataclass
 class Split:
     """The result of splitting: segments plus per-connection identity columns."""
 
     segments: Segments
-    identity: pd.DataFrame  # one row per connection: roles, addresses, flow_id ...
+    identity: Identity
 
     def slices(self, packets: int) -> list[tuple[int, int]]:
         """Connection ranges of about `packets` packets each, never cutting a 4-tuple in two."""
         count = self.segments.count
         if count == 0:
             return []
-        pair = self.identity["pair"].to_numpy()
+        pair = self.identity.pair
         pair_first = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])  # connection index
         position = self.segments.starts[pair_first]
         target = np.arange(packets, int(self.segments.ends[-1]), packets)
@@ -125,25 +150,18 @@ class Split:
 def split_connections(packets: pa.Table) -> Split:
     """Connections of one capture's packet table (schema.PACKETS)."""
     n = packets.num_rows
-    # Encode chunk by chunk, then unify: the address strings are never copied whole.
-    ips = pc.dictionary_encode(pa.chunked_array(
-        packets.column("src_ip").chunks + packets.column("dst_ip").chunks, pa.string()
-    )).unify_dictionaries()
-    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in ips.chunks]).astype(np.int64) \
-        if ips.num_chunks else np.zeros(0, np.int64)
-    ip_names = np.asarray(ips.chunk(0).dictionary.to_pylist() if ips.num_chunks else [], dtype=object)
-    src_port = _np(packets, "src_port").astype(np.int64)
-    dst_port = _np(packets, "dst_port").astype(np.int64)
-    src_ep = codes[:n] * 65536 + src_port
-    dst_ep = codes[n:] * 65536 + dst_port
+    addresses, codes = _address_codes(packets)
+    src_ep = codes[:n] * 65536 + _np(packets, "src_port")
+    dst_ep = codes[n:] * 65536 + _np(packets, "dst_port")
+    del codes
     lo, hi = np.minimum(src_ep, dst_ep), np.maximum(src_ep, dst_ep)
     pair = pair_codes(lo, hi)
-    order = np.lexsort((np.arange(n), pair))  # by pair, then capture order
-    pair, src_ep, dst_ep = pair[order], src_ep[order], dst_ep[order]
     del lo, hi
-    flags = _np(packets, "tcp_flags").astype(np.int16)[order]
-    seq = _np(packets, "seq_raw").astype(np.int64)[order]
-    ack = _np(packets, "ack_raw").astype(np.int64)[order]
+    order = np.argsort(pair, kind="stable")  # by pair, then capture order
+    pair, src_ep, dst_ep = pair[order], src_ep[order], dst_ep[order]
+    flags = _np(packets, "tcp_flags")[order]
+    seq = _np(packets, "seq_raw")[order]
+    ack = _np(packets, "ack_raw")[order]
 
     conn = _connection_index(pair, flags, seq, ack)
     starts = np.flatnonzero(np.r_[True, conn[1:] != conn[:-1]]) if n else np.zeros(0, np.int64)
@@ -154,42 +172,56 @@ def split_connections(packets: pa.Table) -> Split:
     syn_ack = tf.is_syn_ack(flags)
     first_syn = _first_per_group(conn, pure_syn, count)
     first_syn_ack = _first_per_group(conn, syn_ack, count)
-    payload = _np(packets, "payload_len").astype(np.int32)[order]
+    payload = _np(packets, "payload_len")[order]
     client_ep, server_ep, guessed = _roles(
         src_ep, dst_ep, conn, starts, first_syn, first_syn_ack, payload > 0,
         answering_endpoints(src_ep, dst_ep, pure_syn, syn_ack),
     )
     c2s = src_ep == client_ep[conn]
 
-    stream_col = packets.column("tcp_stream")
-    stream = pc.fill_null(stream_col, -1).to_numpy().astype(np.int64)[order] if n else np.zeros(0, np.int64)
+    stream = pc.fill_null(packets.column("tcp_stream"), -1).to_numpy()[order] if n else np.zeros(0, np.int64)
     segments = Segments(
-        conn=conn, frame=_np(packets, "frame_number").astype(np.int64)[order],
-        ts=_np(packets, "ts").astype(np.float64)[order], flags=flags, seq=seq,
+        conn=conn, frame=_np(packets, "frame_number")[order],
+        ts=_np(packets, "ts")[order], flags=flags, seq=seq,
         ack=ack,
         payload=payload,
-        ttl=_np(packets, "ttl").astype(np.int16)[order], stream=stream,
+        ttl=_np(packets, "ttl")[order], stream=stream,
         src_ep=src_ep, c2s=c2s, starts=starts, ends=ends,
     )
-    ip_version = _np(packets, "ip_version").astype(np.int8)[order]
-    identity = pd.DataFrame({
-        "client_ip": ip_names[client_ep // 65536] if count else np.array([], dtype=object),
-        "client_port": (client_ep % 65536).astype(np.int32),
-        "server_ip": ip_names[server_ep // 65536] if count else np.array([], dtype=object),
-        "server_port": (server_ep % 65536).astype(np.int32),
-        "ip_version": ip_version[starts] if count else np.array([], dtype=np.int8),
-        "roles_guessed": guessed,
-        "tcp_stream": stream[starts] if count else np.array([], dtype=np.int64),
-        "pair": pair[starts] if count else np.array([], dtype=np.int64),
-    })
+    first_packet = order[starts]
     client_isn = np.where(first_syn >= 0, seq[np.maximum(first_syn, 0)], -1)
     synack_isn_hint = np.where(
         first_syn_ack >= 0,
         (segments.ack[np.maximum(first_syn_ack, 0)] - 1) % tf.SEQ_SPACE, -1
     )
-    identity["client_isn"] = np.where(client_isn >= 0, client_isn, synack_isn_hint)
-    identity["flow_id"] = flow_ids(identity)
+    identity = Identity(
+        addresses=addresses,
+        client_ip=client_ep // 65536,
+        client_port=(client_ep % 65536).astype(np.int32),
+        server_ip=server_ep // 65536,
+        server_port=(server_ep % 65536).astype(np.int32),
+        ip_version=_np(packets, "ip_version")[first_packet],
+        roles_guessed=guessed,
+        tcp_stream=stream[starts],
+        pair=pair[starts],
+        client_isn=np.where(client_isn >= 0, client_isn, synack_isn_hint),
+        flow_id=np.zeros(0, "S16"),
+    )
+    identity.flow_id = flow_ids(identity)
     return Split(segments, identity)
+
+
+def _address_codes(packets: pa.Table) -> tuple[pa.StringArray, np.ndarray]:
+    """The distinct addresses, and each packet's source then destination address as an index
+    into them (sources first: length 2n)."""
+    # Encode chunk by chunk, then unify: the address strings are never copied whole.
+    ips = pc.dictionary_encode(pa.chunked_array(
+        packets.column("src_ip").chunks + packets.column("dst_ip").chunks, pa.string()
+    )).unify_dictionaries()
+    if ips.num_chunks == 0:
+        return pa.array([], pa.string()), np.zeros(0, np.int64)
+    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in ips.chunks]).astype(np.int64)
+    return ips.chunk(0).dictionary, codes
 
 
 def pair_codes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -286,18 +318,36 @@ def port_class(port: np.ndarray) -> np.ndarray:
     )
 
 
-def flow_ids(identity: pd.DataFrame) -> np.ndarray:
+def flow_ids(identity: Identity) -> np.ndarray:
     """A flow id from the 4-tuple and the client's ISN: the same wherever a file or chunk starts.
 
     Without a SYN (capture began mid-stream) the ISN is unknown; such a connection is
     identified by its 4-tuple alone, which is what joins its pieces across files.
+    The id is pandas' row hash of ("client_ip|client_port", "server_ip|server_port", isn),
+    as 16 hex digits: computed column-wise here, it equals `pd.util.hash_pandas_object`
+    of that three-column frame, so ids stay what earlier releases wrote.
     """
-    if identity.empty:
-        return np.array([], dtype=object)
-    key = pd.DataFrame({
-        "c": identity["client_ip"].astype(str) + "|" + identity["client_port"].astype(str),
-        "s": identity["server_ip"].astype(str) + "|" + identity["server_port"].astype(str),
-        "isn": identity["client_isn"].astype(np.int64),
-    })
-    hashed = pd.util.hash_pandas_object(key, index=False).to_numpy(dtype=np.uint64)
-    return np.array([f"{h:016x}" for h in hashed.tolist()], dtype=object)
+    if len(identity.client_port) == 0:
+        return np.zeros(0, "S16")
+
+    def endpoint_hash(ip: np.ndarray, port: np.ndarray) -> np.ndarray:
+        text = pc.binary_join_element_wise(identity.text(ip), pa.array(port).cast(pa.string()), "|")
+        return pd.util.hash_array(text.to_numpy(zero_copy_only=False))
+
+    columns = (endpoint_hash(identity.client_ip, identity.client_port),
+               endpoint_hash(identity.server_ip, identity.server_port),
+               pd.util.hash_array(identity.client_isn.astype(np.int64)))
+    hashed = _combine_row_hashes(columns)
+    return np.frombuffer(hashed.astype(">u8").tobytes().hex().encode(), dtype="S16")
+
+
+def _combine_row_hashes(columns: tuple[np.ndarray, ...]) -> np.ndarray:
+    """pandas' combination of per-column hashes into a row hash (CPython's tuple hash)."""
+    mult = np.uint64(1000003)
+    out = np.zeros_like(columns[0]) + np.uint64(0x345678)
+    for i, column in enumerate(columns):
+        inverse_i = len(columns) - i
+        out ^= column
+        out *= mult
+        mult += np.uint64(82520 + inverse_i + inverse_i)
+    return out + np.uint64(97531)

@@ -8,15 +8,13 @@ so any engine that produces the packet table yields the same labels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 
 from tcp_teardown import tcpflags as tf
 from tcp_teardown.connections import Segments
-from tcp_teardown.lists import as_series, grouped_list
+from tcp_teardown.lists import Grouped
 
 NONE = -1
 
@@ -29,9 +27,36 @@ class Params:
     msl: float = 30.0  # maximum segment lifetime; TIME_WAIT lasts 2 * msl
 
 
-def compute_facts(seg: Segments, identity: pd.DataFrame, params: Params) -> pd.DataFrame:
-    """One row per connection (same order as `identity`) of evidence columns."""
-    f = pd.DataFrame(index=pd.RangeIndex(seg.count))
+@dataclass
+class Facts:
+    """Per-connection evidence: NumPy columns with one row per connection (Segments order),
+    and per-connection lists of frames kept flat (`Grouped`).
+
+    Plain arrays rather than a DataFrame: the rules are whole-column NumPy expressions, and
+    a DataFrame's per-column overhead cost more than the expressions themselves.
+    """
+
+    count: int
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    lists: dict[str, Grouped] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+    def __setitem__(self, name: str, values: np.ndarray | bool | int) -> None:
+        values = np.asarray(values)
+        self.columns[name] = np.full(self.count, values) if values.ndim == 0 else values
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.columns
+
+    def copy(self) -> Facts:
+        return Facts(self.count, dict(self.columns), dict(self.lists))
+
+
+def compute_facts(seg: Segments, pair: np.ndarray, params: Params) -> Facts:
+    """The evidence of every connection of `seg`; `pair` is each connection's 4-tuple code."""
+    f = Facts(seg.count)
     c2s, s2c = seg.c2s, ~seg.c2s
     flags = seg.flags
     rst, fin, ackf = tf.is_rst(flags), tf.is_fin(flags), tf.has_ack(flags)
@@ -61,14 +86,14 @@ def compute_facts(seg: Segments, identity: pd.DataFrame, params: Params) -> pd.D
     f["syn_ack"] = seg.first_where(server_syn_ack)
     f["last_syn_ack"] = seg.last_where(server_syn_ack)
     f["syn_ack_count"] = seg.count_where(server_syn_ack)
-    after_syn = np.arange(len(flags)) > seg.per_packet(f["syn"].to_numpy())
-    after_syn_ack = np.arange(len(flags)) > seg.per_packet(f["syn_ack"].to_numpy())
-    has_syn_ack = seg.per_packet(f["syn_ack"].to_numpy()) >= 0
-    server_seen = seg.per_packet(f["packets_s2c"].to_numpy()) > 0
+    after_syn = np.arange(len(flags)) > seg.per_packet(f["syn"])
+    after_syn_ack = np.arange(len(flags)) > seg.per_packet(f["syn_ack"])
+    has_syn_ack = seg.per_packet(f["syn_ack"]) >= 0
+    server_seen = seg.per_packet(f["packets_s2c"]) > 0
     client_ack = c2s & ackf & ~rst & ~tf.is_syn(flags)
     # A RST after the (last) SYN-ACK ends the attempt: a client ACK after it does not complete
     # the handshake (SYN, SYN-ACK, client RST is a half-open scan; a later ACK is a stray).
-    last_syn_ack = seg.per_packet(f["last_syn_ack"].to_numpy())
+    last_syn_ack = seg.per_packet(f["last_syn_ack"])
     closing_rst = rst & (np.arange(len(flags)) > last_syn_ack)
     first_closing_rst = seg.per_packet(seg.first_where(closing_rst))
     before_reset = (first_closing_rst < 0) | (np.arange(len(flags)) < first_closing_rst)
@@ -83,7 +108,7 @@ def compute_facts(seg: Segments, identity: pd.DataFrame, params: Params) -> pd.D
     server_rst = s2c & rst
     # A refusal acknowledges the SYN it refuses (RST+ACK, ack = ISN + 1); a client in
     # SYN-SENT ignores any other RST, and so do we.
-    syn_at = seg.per_packet(f["syn"].to_numpy())
+    syn_at = seg.per_packet(f["syn"])
     isn_end = (seg.seq[np.maximum(syn_at, 0)] + 1) % tf.SEQ_SPACE
     answers_syn = ~ackf | (tf.seq_diff(seg.ack, isn_end) == 0)
     f["server_rst_before_syn_ack"] = seg.first_where(server_rst & before_syn_ack & after_syn & answers_syn)
@@ -110,8 +135,8 @@ def compute_facts(seg: Segments, identity: pd.DataFrame, params: Params) -> pd.D
         f[f"{side}_fin_count"] = seg.count_where(same_fin)
         f[f"{side}_fin_last"] = seg.last_where(same_fin)
     _infer_unseen_fin(seg, f, ackf & ~rst)
-    cf, sf = f["client_fin"].to_numpy(), f["server_fin"].to_numpy()
-    c_inferred, s_inferred = f["client_fin_inferred"].to_numpy(), f["server_fin_inferred"].to_numpy()
+    cf, sf = f["client_fin"], f["server_fin"]
+    c_inferred, s_inferred = f["client_fin_inferred"], f["server_fin_inferred"]
     # An inferred FIN has no frame: it shows at the ACK that reveals it, and was sent before
     # that ACK, so it sorts just ahead of it (that ACK may be the visible side's own FIN).
     cf_at = np.where(c_inferred, f["client_fin_revealed"], cf)
@@ -129,20 +154,20 @@ def compute_facts(seg: Segments, identity: pd.DataFrame, params: Params) -> pd.D
     f["second_fin"] = np.where(both, other_fin, NONE)
     f["first_fin_by_client"] = client_first
     first_end = np.where(client_first, f["client_fin_end"], f["server_fin_end"])
-    second = f["second_fin"].to_numpy()
+    second = f["second_fin"]
     second_acks_first = _at(ackf, second) & tf.covers(seg.ack[np.maximum(second, 0)], first_end)
     f["fins_crossed"] = both & ~second_acks_first
     first_fin_ack = np.where(client_first, f["client_fin_ack"], f["server_fin_ack"])
     f["first_fin_ack"] = np.where(first_inferred, f["first_fin_at"], first_fin_ack)  # revealing ACK acks it
-    f["fin_on_ack_of_fin"] = (other_fin >= 0) & (f["first_fin_ack"].to_numpy() == other_fin)
+    f["fin_on_ack_of_fin"] = (other_fin >= 0) & (f["first_fin_ack"] == other_fin)
     f["final_ack"] = np.where(
         both & (f["client_fin_ack"] >= 0) & (f["server_fin_ack"] >= 0),
         np.maximum(f["client_fin_ack"], f["server_fin_ack"]), NONE,
     )
 
     # The close event (first FIN or closing RST) and the silence before it.
-    rst_idx = f["rst"].to_numpy()
-    ff = f["first_fin_at"].to_numpy()
+    rst_idx = f["rst"]
+    ff = f["first_fin_at"]
     by_fin = (ff >= 0) & ((rst_idx < 0) | (ff < rst_idx))
     close_event = np.where(by_fin, ff, rst_idx)
     f["close_event"] = close_event
@@ -157,22 +182,23 @@ def compute_facts(seg: Segments, identity: pd.DataFrame, params: Params) -> pd.D
     f["close_ts"] = np.where(has_event, seg.ts[np.maximum(close_event, 0)], np.nan)
     payload_before = seg.payload * (np.arange(len(flags)) <= seg.per_packet(np.where(has_event, close_event, 0)))
     f["payload_before_close"] = np.bincount(seg.conn, weights=payload_before, minlength=seg.count).astype(np.int64)
-    hs = f["handshake_ack"].to_numpy()
+    hs = f["handshake_ack"]
     f["handshake_ts"] = np.where(hs >= 0, seg.ts[np.maximum(hs, 0)], np.nan)
 
     # TTL per side, for RSTs a middlebox forged.
-    f["suspect_rst"] = _suspect_rsts(seg, rst)
+    f.lists["suspect_rst"] = _suspect_rsts(seg, rst)
+    f["suspect_rsts"] = f.lists["suspect_rst"].sizes(seg.count)
 
     # SYN-ACK retransmission gaps.
-    f["syn_ack_intervals"] = _gaps(seg, server_syn_ack)
-    f["syn_ack_frames"] = _frames(seg, server_syn_ack)
-    f["syn_frames"] = _frames(seg, client_syn)
-    f["fin_frames"] = _frames(seg, fin)
-    f["pair"] = identity["pair"].to_numpy()
+    f.lists["syn_ack_intervals"] = _gaps(seg, server_syn_ack)
+    f.lists["syn_ack_frames"] = _frames(seg, server_syn_ack)
+    f.lists["syn_frames"] = _frames(seg, client_syn)
+    f.lists["fin_frames"] = _frames(seg, fin)
+    f["pair"] = pair
     return f
 
 
-def _infer_unseen_fin(seg: Segments, f: pd.DataFrame, acking: np.ndarray) -> None:
+def _infer_unseen_fin(seg: Segments, f: Facts, acking: np.ndarray) -> None:
     """One-direction captures: infer the unseen side's FIN from the visible side's ACKs.
 
     When only one side is on the wire, the unseen peer's FIN shows as the visible side's
@@ -182,7 +208,7 @@ def _infer_unseen_fin(seg: Segments, f: pd.DataFrame, acking: np.ndarray) -> Non
     for side in ("client", "server"):
         f[f"{side}_fin_inferred"] = False
         f[f"{side}_fin_revealed"] = NONE
-    one_way = (f["packets_c2s"].to_numpy() == 0) | (f["packets_s2c"].to_numpy() == 0)
+    one_way = (f["packets_c2s"] == 0) | (f["packets_s2c"] == 0)
     idx = np.flatnonzero(acking & seg.per_packet(one_way)) if one_way.any() else np.zeros(0, np.int64)
     if len(idx) == 0:
         return
@@ -197,40 +223,39 @@ def _infer_unseen_fin(seg: Segments, f: pd.DataFrame, acking: np.ndarray) -> Non
     moved_by_one = (pos > 0) & (conn[prev] == groups) & (tf.seq_diff(ack[pos], ack[prev]) == 1)
     groups, revealing = groups[moved_by_one], idx[pos[moved_by_one]]
     for unseen, visible_is_client in (("server", True), ("client", False)):
-        sel = (seg.c2s[revealing] == visible_is_client) & (f[f"{unseen}_fin"].to_numpy()[groups] < 0)
-        f.loc[groups[sel], f"{unseen}_fin_inferred"] = True
-        f.loc[groups[sel], f"{unseen}_fin_revealed"] = revealing[sel]
+        sel = (seg.c2s[revealing] == visible_is_client) & (f[f"{unseen}_fin"][groups] < 0)
+        f[f"{unseen}_fin_inferred"][groups[sel]] = True
+        f[f"{unseen}_fin_revealed"][groups[sel]] = revealing[sel]
 
 
-def _at(values: np.ndarray, idx: np.ndarray | pd.Series) -> np.ndarray:
+def _at(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """values[idx] where idx >= 0, else False."""
     idx = np.asarray(idx)
     return (idx >= 0) & values[np.maximum(idx, 0)] if len(values) else np.zeros(len(idx), bool)
 
 
-def _suspect_rsts(seg: Segments, rst: np.ndarray) -> pd.Series:
+def _suspect_rsts(seg: Segments, rst: np.ndarray) -> Grouped:
     """Per connection, the RST frames whose TTL differs from every non-RST packet of that side."""
-    side = seg.conn * 2 + seg.c2s
-    normal = pd.DataFrame({"side": side[~rst], "ttl": seg.ttl[~rst]})
-    usual = normal.groupby("side")["ttl"].agg(["min", "max"])
-    rows = pd.DataFrame({"side": side[rst], "ttl": seg.ttl[rst], "conn": seg.conn[rst],
-                         "frame": seg.frame[rst]})
-    rows = rows.join(usual, on="side", how="inner").sort_values(["conn", "frame"], kind="stable")
-    odd = rows[(rows["ttl"] < rows["min"]) | (rows["ttl"] > rows["max"])]
-    return _lists(odd["conn"].to_numpy(), odd["frame"].to_numpy(), seg.count, pa.int64())
+    if not rst.any():
+        return Grouped.empty(np.int64)
+    side = seg.conn.astype(np.int64) * 2 + seg.c2s
+    usual_min = np.full(2 * seg.count, np.iinfo(np.int16).max, dtype=np.int16)
+    usual_max = np.full(2 * seg.count, -1, dtype=np.int16)
+    np.minimum.at(usual_min, side[~rst], seg.ttl[~rst])
+    np.maximum.at(usual_max, side[~rst], seg.ttl[~rst])
+    at = np.flatnonzero(rst)  # already in (connection, frame) order
+    ttl, rst_side = seg.ttl[at], side[at]
+    seen = usual_max[rst_side] >= 0  # a side with no other packet has no usual TTL
+    odd = seen & ((ttl < usual_min[rst_side]) | (ttl > usual_max[rst_side]))
+    return Grouped(seg.conn[at[odd]], seg.frame[at[odd]])
 
 
-def _frames(seg: Segments, mask: np.ndarray) -> pd.Series:
-    return _lists(seg.conn[mask], seg.frame[mask], seg.count, pa.int64())
+def _frames(seg: Segments, mask: np.ndarray) -> Grouped:
+    return Grouped(seg.conn[mask], seg.frame[mask])
 
 
-def _gaps(seg: Segments, mask: np.ndarray) -> pd.Series:
+def _gaps(seg: Segments, mask: np.ndarray) -> Grouped:
     conn, ts = seg.conn[mask], seg.ts[mask]
     same = np.r_[False, conn[1:] == conn[:-1]] if len(conn) else np.zeros(0, bool)
     gaps = np.r_[0.0, np.diff(ts)] if len(ts) else np.zeros(0)
-    return _lists(conn[same], np.round(gaps[same], 6), seg.count, pa.float64())
-
-
-def _lists(groups: np.ndarray, values: np.ndarray, count: int, value_type: pa.DataType) -> pd.Series:
-    """Per connection (sorted group ids), the list of its values; empty lists elsewhere."""
-    return as_series(grouped_list(groups, values, count, value_type))
+    return Grouped(conn[same], np.round(gaps[same], 6))

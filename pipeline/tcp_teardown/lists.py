@@ -2,9 +2,65 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Grouped:
+    """Values with the group (connection) each belongs to, groups sorted: a list per group, kept flat."""
+
+    groups: np.ndarray
+    values: np.ndarray
+
+    @staticmethod
+    def empty(dtype: type) -> Grouped:
+        return Grouped(np.zeros(0, np.int64), np.zeros(0, dtype))
+
+    def sizes(self, count: int) -> np.ndarray:
+        return np.bincount(self.groups, minlength=count) if len(self.groups) else np.zeros(count, np.int64)
+
+    def where(self, keep: np.ndarray) -> Grouped:
+        """Only the values whose group is selected by the per-group mask `keep`."""
+        mask = keep[self.groups] if len(self.groups) else np.zeros(0, bool)
+        return Grouped(self.groups[mask], self.values[mask])
+
+    def without_first(self) -> Grouped:
+        """Each group's values but its first."""
+        later = np.r_[False, self.groups[1:] == self.groups[:-1]] if len(self.groups) else np.zeros(0, bool)
+        return Grouped(self.groups[later], self.values[later])
+
+    def slice(self, c0: int, c1: int) -> Grouped:
+        """Groups c0..c1-1, renumbered from 0."""
+        lo, hi = np.searchsorted(self.groups, [c0, c1])
+        return Grouped(self.groups[lo:hi] - c0, self.values[lo:hi])
+
+    def permuted(self, order: np.ndarray) -> Grouped:
+        """The groups renumbered so that new group i is old group order[i] (values follow)."""
+        new_id = np.empty_like(order)
+        new_id[order] = np.arange(len(order))
+        groups = new_id[self.groups]
+        by_group = np.argsort(groups, kind="stable")
+        return Grouped(groups[by_group], self.values[by_group])
+
+    @staticmethod
+    def concat(parts: list[Grouped], offsets: list[int] | np.ndarray) -> Grouped:
+        """Consecutive groupings as one, the groups of part i shifted by offsets[i]."""
+        if not parts:
+            return Grouped.empty(np.int64)
+        return Grouped(np.concatenate([p.groups + o for p, o in zip(parts, offsets, strict=False)]),
+                       np.concatenate([p.values for p in parts]))
+
+    def to_arrow(self, count: int, value_type: pa.DataType) -> pa.ListArray:
+        return grouped_list(self.groups, self.values, count, value_type)
+
+    def named(self, count: int, names: list[str] | tuple[str, ...]) -> pa.ListArray:
+        """Lists of text from lists of codes into `names`."""
+        text = pa.DictionaryArray.from_arrays(pa.array(self.values.astype(np.int32)),
+                                              pa.array(names, pa.string())).cast(pa.string())
+        return grouped_list(self.groups, text, count)
 
 
 def grouped_list(groups: np.ndarray, values: np.ndarray | pa.Array, count: int,
@@ -18,8 +74,3 @@ def grouped_list(groups: np.ndarray, values: np.ndarray | pa.Array, count: int,
     if value_type is not None and flat.type != value_type:
         flat = flat.cast(value_type)
     return pa.ListArray.from_arrays(pa.array(offsets), flat)
-
-
-def as_series(array: pa.Array) -> pd.Series:
-    """An Arrow array as a pandas Series that keeps its Arrow type (lists stay lists)."""
-    return pd.Series(pd.arrays.ArrowExtensionArray(array))

@@ -62,3 +62,13 @@ OPEN_VALUES: tuple[str, ...] = tuple(v.value for v in Open)
 CLOSE_VALUES: tuple[str, ...] = tuple(v.value for v in Close)
 FLAG_VALUES: tuple[str, ...] = tuple(v.value for v in Flag)
 TIME_WAIT_VALUES: tuple[str, ...] = tuple(v.value for v in TimeWaitSide)
+
+
+def code(label: StrEnum) -> int:
+    """A label's position in its vocabulary: inside the pipeline labels travel as these
+    small integers (one byte a connection) and become names only in the written tables."""
+    return list(type(label)).index(label)
+
+
+def codes(*labels: StrEnum) -> list[int]:
+    return [code(label) for label in labels]

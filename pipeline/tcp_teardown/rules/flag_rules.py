@@ -6,93 +6,92 @@ Flag rules see the facts plus the decided `open` and `close` columns.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
-from tcp_teardown.facts import Params
+from tcp_teardown.facts import Facts, Params
 from tcp_teardown.rules.registry import flag_rule
-from tcp_teardown.vocab import Close, Open
+from tcp_teardown.vocab import Close, Open, code, codes
 
-ORDERLY = [str(Close.FIN_BY_CLIENT), str(Close.FIN_BY_SERVER), str(Close.FIN_SIMULTANEOUS)]
-ABORTS = [str(Close.RST_BY_CLIENT), str(Close.RST_BY_SERVER)]
-OPENED = [str(Open.HANDSHAKE), str(Open.MIDSTREAM)]
+ORDERLY = codes(Close.FIN_BY_CLIENT, Close.FIN_BY_SERVER, Close.FIN_SIMULTANEOUS)
+ABORTS = codes(Close.RST_BY_CLIENT, Close.RST_BY_SERVER)
+OPENED = codes(Open.HANDSHAKE, Open.MIDSTREAM)
 
 
-def _col(f: pd.DataFrame, name: str) -> np.ndarray:
-    return f[name].to_numpy()
+def _col(f: Facts, name: str) -> np.ndarray:
+    return f[name]
 
 
 @flag_rule
-def three_way_close(f: pd.DataFrame, p: Params) -> np.ndarray:
+def three_way_close(f: Facts, p: Params) -> np.ndarray:
     """The passive side's FIN rode on its ACK of the first FIN (FIN, FIN+ACK, ACK)."""
-    in_order = f["close"].isin(ORDERLY[:2]).to_numpy()
+    in_order = np.isin(f["close"], ORDERLY[:2])
     return in_order & _col(f, "fin_on_ack_of_fin")
 
 
 @flag_rule
-def refused_after_handshake(f: pd.DataFrame, p: Params) -> np.ndarray:
+def refused_after_handshake(f: Facts, p: Params) -> np.ndarray:
     """The server closed (FIN or RST) right after the handshake, before either side sent payload."""
     quick = (_col(f, "close_ts") - _col(f, "handshake_ts")) < p.idle_threshold
-    return ((f["open"] == str(Open.HANDSHAKE)).to_numpy() & (_col(f, "close_event") >= 0)
+    return ((f["open"] == code(Open.HANDSHAKE)) & (_col(f, "close_event") >= 0)
             & ~_col(f, "close_event_by_client").astype(bool)
             & (_col(f, "payload_before_close") == 0) & np.nan_to_num(quick, nan=0).astype(bool))
 
 
 @flag_rule
-def rst_after_fin(f: pd.DataFrame, p: Params) -> np.ndarray:
+def rst_after_fin(f: Facts, p: Params) -> np.ndarray:
     """A side sent RST after a FIN had been sent but before the orderly release completed."""
     first_fin, rst = _col(f, "first_fin_at"), _col(f, "rst")  # a FIN inferred from ACKs counts
-    return f["close"].isin(ABORTS).to_numpy() & (first_fin >= 0) & (first_fin < rst)
+    return np.isin(f["close"], ABORTS) & (first_fin >= 0) & (first_fin < rst)
 
 
 @flag_rule
-def rst_after_close(f: pd.DataFrame, p: Params) -> np.ndarray:
+def rst_after_close(f: Facts, p: Params) -> np.ndarray:
     """A RST came after both FINs were acknowledged (a late segment hit a closed socket)."""
     final, rst = _col(f, "final_ack"), _col(f, "rst")
     return (final >= 0) & (rst > final)
 
 
 @flag_rule
-def fin_retransmitted(f: pd.DataFrame, p: Params) -> np.ndarray:
+def fin_retransmitted(f: Facts, p: Params) -> np.ndarray:
     """A FIN was sent again (its ACK was lost or late)."""
     resent = (_col(f, "client_fin_count") > 1) | (_col(f, "server_fin_count") > 1)
-    return f["open"].isin(OPENED).to_numpy() & resent
+    return np.isin(f["open"], OPENED) & resent
 
 
 @flag_rule
-def final_ack_missing(f: pd.DataFrame, p: Params) -> np.ndarray:
+def final_ack_missing(f: Facts, p: Params) -> np.ndarray:
     """The last FIN was never acknowledged in the capture."""
     unacked = (((_col(f, "client_fin") >= 0) & (_col(f, "client_fin_ack") < 0))
                | ((_col(f, "server_fin") >= 0) & (_col(f, "server_fin_ack") < 0)))
     both_sides_seen = (_col(f, "packets_c2s") > 0) & (_col(f, "packets_s2c") > 0)
-    ended_by_fin = f["close"].isin([*ORDERLY, str(Close.HALF_CLOSED)]).to_numpy()
+    ended_by_fin = np.isin(f["close"], [*ORDERLY, code(Close.HALF_CLOSED)])
     return ended_by_fin & unacked & both_sides_seen
 
 
 @flag_rule
-def syn_retransmitted(f: pd.DataFrame, p: Params) -> np.ndarray:
+def syn_retransmitted(f: Facts, p: Params) -> np.ndarray:
     """The client's SYN was sent more than once."""
     return _col(f, "syn_count") > 1
 
 
 @flag_rule
-def syn_ack_retransmitted(f: pd.DataFrame, p: Params) -> np.ndarray:
+def syn_ack_retransmitted(f: Facts, p: Params) -> np.ndarray:
     """The server's SYN-ACK was sent more than once; the gaps go in `syn_ack_intervals`."""
     return _col(f, "syn_ack_count") > 1
 
 
 @flag_rule
-def idle_close(f: pd.DataFrame, p: Params) -> np.ndarray:
+def idle_close(f: Facts, p: Params) -> np.ndarray:
     """The first FIN or RST came after at least `idle_threshold` of silence: an idle timeout closed it."""
     idle = np.nan_to_num(_col(f, "idle_before_close_s").astype(float), nan=-1.0)
-    return f["open"].isin(OPENED).to_numpy() & (idle >= p.idle_threshold)
+    return np.isin(f["open"], OPENED) & (idle >= p.idle_threshold)
 
 
 @flag_rule
-def port_reuse_time_wait(f: pd.DataFrame, p: Params) -> np.ndarray:
+def port_reuse_time_wait(f: Facts, p: Params) -> np.ndarray:
     """This connection's SYN reused the 4-tuple of an earlier one less than 2·MSL after it closed."""
     pair = _col(f, "pair")
     same_pair = np.r_[False, pair[1:] == pair[:-1]]
-    prev_in_time_wait = np.r_[False, f["close"].isin(ORDERLY).to_numpy()[:-1]]
+    prev_in_time_wait = np.r_[False, np.isin(f["close"], ORDERLY)[:-1]]
     prev_last = np.r_[np.nan, _col(f, "last_ts")[:-1]]
     syn_ts = _col(f, "syn_ts")
     gap = syn_ts - prev_last
@@ -101,13 +100,13 @@ def port_reuse_time_wait(f: pd.DataFrame, p: Params) -> np.ndarray:
 
 
 @flag_rule
-def time_wait_challenge(f: pd.DataFrame, p: Params) -> np.ndarray:
+def time_wait_challenge(f: Facts, p: Params) -> np.ndarray:
     """The SYN was answered with a bare ACK (the TIME_WAIT side re-acknowledging the old connection)."""
     return _col(f, "challenge_ack") >= 0
 
 
 @flag_rule
-def one_direction_only(f: pd.DataFrame, p: Params) -> np.ndarray:
+def one_direction_only(f: Facts, p: Params) -> np.ndarray:
     """The capture holds packets of one direction only; the other side is inferred from visible ACKs.
 
     The visible side must show the other side at work: its acknowledgement moves (the peer
@@ -120,6 +119,6 @@ def one_direction_only(f: pd.DataFrame, p: Params) -> np.ndarray:
 
 
 @flag_rule
-def rst_suspect_injected(f: pd.DataFrame, p: Params) -> np.ndarray:
+def rst_suspect_injected(f: Facts, p: Params) -> np.ndarray:
     """A RST whose TTL / hop limit differs from the other packets of its side (a middlebox sent it)."""
-    return f["suspect_rst"].list.len().to_numpy() > 0
+    return _col(f, "suspect_rsts") > 0

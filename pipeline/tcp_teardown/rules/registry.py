@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
-import pandas as pd
 
-from tcp_teardown.facts import Params
+from tcp_teardown.facts import Facts, Params
 from tcp_teardown.vocab import Close, Flag, Open
 
-RuleFn = Callable[[pd.DataFrame, Params], np.ndarray]
+RuleFn = Callable[[Facts, Params], np.ndarray]
 
 
 @dataclass(frozen=True)
