@@ -90,7 +90,7 @@ def _label_slice(seg: Segments, pair: np.ndarray, params: Params) -> Labelled:
 
 def _connections(lab: Labelled, ident: Identity, file: str) -> pa.Table:
     """The connections table, rows in order of first frame."""
-    order = np.argsort(lab.columns["first_frame"], kind="stable")
+    order = _capture_order(lab.columns["first_frame"])
     count = len(order)
     col = {name: values[order] for name, values in lab.columns.items()}
     keys = Grouped(lab.keys.conn, lab.keys.frame).permuted(order)
@@ -121,7 +121,7 @@ def _connections(lab: Labelled, ident: Identity, file: str) -> pa.Table:
 def _frames(lab: Labelled, ident: Identity, file: str) -> pa.Table:
     """The key frames table, rows in frame order (ties: connection order)."""
     keys = lab.keys
-    order = np.argsort(keys.frame, kind="stable")
+    order = _capture_order(keys.frame)
     conn = keys.conn[order]
     columns = {
         "file": pa.repeat(pa.scalar(file, pa.string()), len(order)),
@@ -132,6 +132,18 @@ def _frames(lab: Labelled, ident: Identity, file: str) -> pa.Table:
         "labels": keys.labels.permuted(order).named(len(order), evidence.LABEL_NAMES),
     }
     return _table(columns, FRAMES)
+
+
+def _capture_order(frames: np.ndarray) -> np.ndarray:
+    """The order that sorts rows by frame number, ties kept in row order (a stable sort).
+
+    Frame numbers are almost all distinct, so a plain sort of frame * rows + row (one
+    distinct key per row) gives the same order as a stable sort, much faster.
+    """
+    rows = len(frames)
+    if rows == 0 or int(frames.max()) >= (1 << 62) // rows:
+        return np.argsort(frames, kind="stable")
+    return np.argsort(frames * rows + np.arange(rows))
 
 
 def _text(values: np.ndarray) -> pa.Array:

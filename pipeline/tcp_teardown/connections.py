@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from tcp_teardown import tcpflags as tf
+from tcp_teardown.hashing import combine_row_hashes, hash_int64, hash_text
 
 WELL_KNOWN_LIMIT = 1024  # IANA system ports: a side on one of these is the server
 EPHEMERAL_START = 32768  # ports from here up are what stacks hand out to clients (Linux 32768+, Windows 49152+)
@@ -50,8 +50,6 @@ class Segments:
     ack: np.ndarray
     payload: np.ndarray
     ttl: np.ndarray
-    stream: np.ndarray  # tshark tcp.stream (-1 where unknown)
-    src_ep: np.ndarray  # endpoint code of the sender
     c2s: np.ndarray  # True where the client sent the packet
     starts: np.ndarray  # index of each connection's first packet
     ends: np.ndarray  # index one past each connection's last packet
@@ -66,10 +64,11 @@ class Segments:
 
     def last_where(self, mask: np.ndarray) -> np.ndarray:
         """Per connection, the index of the last packet where `mask` holds, else -1."""
-        hits = np.flatnonzero(mask)[::-1]
+        hits = np.flatnonzero(mask)
+        groups = self.conn[hits]
+        last = np.r_[groups[1:] != groups[:-1], True] if len(hits) else np.zeros(0, bool)
         out = np.full(self.count, -1, dtype=np.int64)
-        groups, first = np.unique(self.conn[hits], return_index=True)
-        out[groups] = hits[first]
+        out[groups[last]] = hits[last]
         return out
 
     def slice(self, c0: int, c1: int) -> Segments:
@@ -80,7 +79,7 @@ class Segments:
         return Segments(
             conn=self.conn[view] - c0, frame=self.frame[view], ts=self.ts[view], flags=self.flags[view],
             seq=self.seq[view], ack=self.ack[view], payload=self.payload[view], ttl=self.ttl[view],
-            stream=self.stream[view], src_ep=self.src_ep[view], c2s=self.c2s[view],
+            c2s=self.c2s[view],
             starts=self.starts[c0:c1] - p0, ends=self.ends[c0:c1] - p0,
         )
 
@@ -95,9 +94,10 @@ class Segments:
 def _first_per_group(groups: np.ndarray, mask: np.ndarray, count: int) -> np.ndarray:
     """Per group, the first index where `mask` holds (-1 if none); `groups` is sorted."""
     hits = np.flatnonzero(mask)
+    found = groups[hits]
+    first = np.r_[True, found[1:] != found[:-1]] if len(hits) else np.zeros(0, bool)
     out = np.full(count, -1, dtype=np.int64)
-    found, first = np.unique(groups[hits], return_index=True)
-    out[found] = hits[first]
+    out[found[first]] = hits[first]
     return out
 
 
@@ -155,10 +155,9 @@ def split_connections(packets: pa.Table) -> Split:
     dst_ep = codes[n:] * 65536 + _np(packets, "dst_port")
     del codes
     lo, hi = np.minimum(src_ep, dst_ep), np.maximum(src_ep, dst_ep)
-    pair = pair_codes(lo, hi)
+    order, pair = _by_pair(lo, hi)
     del lo, hi
-    order = np.argsort(pair, kind="stable")  # by pair, then capture order
-    pair, src_ep, dst_ep = pair[order], src_ep[order], dst_ep[order]
+    src_ep = src_ep[order]
     flags = _np(packets, "tcp_flags")[order]
     seq = _np(packets, "seq_raw")[order]
     ack = _np(packets, "ack_raw")[order]
@@ -173,20 +172,26 @@ def split_connections(packets: pa.Table) -> Split:
     first_syn = _first_per_group(conn, pure_syn, count)
     first_syn_ack = _first_per_group(conn, syn_ack, count)
     payload = _np(packets, "payload_len")[order]
+
+    def receiver(at: np.ndarray) -> np.ndarray:
+        """Endpoint of the receiver of the packets at these (sorted) positions."""
+        return dst_ep[order[at]]
+
     client_ep, server_ep, guessed = _roles(
-        src_ep, dst_ep, conn, starts, first_syn, first_syn_ack, payload > 0,
-        answering_endpoints(src_ep, dst_ep, pure_syn, syn_ack),
+        src_ep, receiver(starts), receiver(np.maximum(first_syn_ack, 0)), conn, starts, first_syn,
+        first_syn_ack, payload > 0,
+        # Endpoints that received a SYN or sent a SYN-ACK anywhere in the capture listen:
+        # in a connection whose opening was not captured they are the server too.
+        listening=np.r_[receiver(np.flatnonzero(pure_syn)), src_ep[syn_ack]],
     )
     c2s = src_ep == client_ep[conn]
-
-    stream = pc.fill_null(packets.column("tcp_stream"), -1).to_numpy()[order] if n else np.zeros(0, np.int64)
     segments = Segments(
         conn=conn, frame=_np(packets, "frame_number")[order],
         ts=_np(packets, "ts")[order], flags=flags, seq=seq,
         ack=ack,
         payload=payload,
-        ttl=_np(packets, "ttl")[order], stream=stream,
-        src_ep=src_ep, c2s=c2s, starts=starts, ends=ends,
+        ttl=_np(packets, "ttl")[order],
+        c2s=c2s, starts=starts, ends=ends,
     )
     first_packet = order[starts]
     client_isn = np.where(first_syn >= 0, seq[np.maximum(first_syn, 0)], -1)
@@ -202,7 +207,7 @@ def split_connections(packets: pa.Table) -> Split:
         server_port=(server_ep % 65536).astype(np.int32),
         ip_version=_np(packets, "ip_version")[first_packet],
         roles_guessed=guessed,
-        tcp_stream=stream[starts],
+        tcp_stream=pc.fill_null(packets.column("tcp_stream"), -1).to_numpy()[first_packet],
         pair=pair[starts],
         client_isn=np.where(client_isn >= 0, client_isn, synack_isn_hint),
         flow_id=np.zeros(0, "S16"),
@@ -224,10 +229,26 @@ def _address_codes(packets: pa.Table) -> tuple[pa.StringArray, np.ndarray]:
     return ips.chunk(0).dictionary, codes
 
 
+def _by_pair(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The packet order by (endpoint pair, capture order), and the pair code of each packet
+    in that order (codes ascending from 0)."""
+    span = int(hi.max()) + 1 if len(hi) else 1
+    # Below 2**31, lo * span + hi fits in 63 bits: one integer key per pair, no hashing.
+    key = lo * span + hi if span < 1 << 31 else pair_codes(lo, hi)
+    # A stable sort keeps capture order within a pair; clients count their ports up over
+    # time, so the key arrives nearly sorted and the sort is cheap.
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    pair = np.cumsum(np.r_[False, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
+    return order, pair
+
+
 def pair_codes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Dense codes of the (a, b) pairs, without building a Python tuple per row."""
     if len(a) == 0:
         return np.zeros(0, np.int64)
+    import pandas as pd  # here, not at the top: the bulk path never needs pandas (start-up time)
+
     code_a, _ = pd.factorize(a)
     code_b, uniq_b = pd.factorize(b)
     return pd.factorize(code_a.astype(np.int64) * len(uniq_b) + code_b)[0].astype(np.int64)
@@ -241,39 +262,32 @@ def _connection_index(pair: np.ndarray, flags: np.ndarray, seq: np.ndarray, ack:
     """Connection number of each packet, packets sorted by (pair, capture order)."""
     n = len(pair)
     if n == 0:
-        return np.zeros(0, np.int64)
-    idx = np.arange(n)
-    pair_start = np.r_[True, pair[1:] != pair[:-1]]
-    start_of_pair = np.maximum.accumulate(np.where(pair_start, idx, 0))
-    pure_syn = tf.is_pure_syn(flags)
-    last_syn = np.maximum.accumulate(np.where(pure_syn, idx, -1))
+        return np.zeros(0, np.int32)
+    new = np.r_[True, pair[1:] != pair[:-1]]
+    # Inside a 4-tuple only a SYN starts a connection: decide on the SYN and SYN-ACK rows alone.
+    rows = np.flatnonzero(tf.is_syn(flags) & ~tf.is_rst(flags))
+    if len(rows) == 0:
+        return (np.cumsum(new) - 1).astype(np.int32)
+    syn = ~tf.has_ack(flags[rows])
+    pair, seq, ack = pair[rows], seq[rows], ack[rows]
+    idx = np.arange(len(rows))
+    start_of_pair = np.maximum.accumulate(np.where(np.r_[True, pair[1:] != pair[:-1]], idx, 0))
+    last_syn = np.maximum.accumulate(np.where(syn, idx, -1))
     prev_syn = np.r_[-1, last_syn[:-1]]
-    has_prev = prev_syn >= start_of_pair
-    repeats = has_prev & (seq[np.maximum(prev_syn, 0)] == seq)
+    repeats = (prev_syn >= start_of_pair) & (seq[np.maximum(prev_syn, 0)] == seq)
     # A SYN captured after the SYN-ACK that answers it (the capture point reordered the
     # handshake, or sits nearer the server): that SYN-ACK already began this attempt.
-    last_syn_ack = np.maximum.accumulate(np.where(tf.is_syn_ack(flags), idx, -1))
+    last_syn_ack = np.maximum.accumulate(np.where(~syn, idx, -1))
     prev_syn_ack = np.r_[-1, last_syn_ack[:-1]]
     answered = ((prev_syn_ack >= start_of_pair) & (prev_syn_ack > prev_syn)
                 & (ack[np.maximum(prev_syn_ack, 0)] == (seq + 1) % tf.SEQ_SPACE))
-    new = pair_start | (pure_syn & ~repeats & ~answered)
+    new[rows[syn & ~repeats & ~answered]] = True
     return (np.cumsum(new) - 1).astype(np.int32)
 
 
-def answering_endpoints(src_ep: np.ndarray, dst_ep: np.ndarray, pure_syn: np.ndarray,
-                        syn_ack: np.ndarray) -> np.ndarray:
-    """Endpoints (ip, port) seen answering connection requests anywhere in the capture.
-
-    An endpoint that received a SYN or sent a SYN-ACK in one connection is a listening
-    socket; in a connection of the same capture whose opening was not captured it is the
-    server too.
-    """
-    return np.unique(np.r_[dst_ep[pure_syn], src_ep[syn_ack]])
-
-
 def _roles(
-    src_ep: np.ndarray, dst_ep: np.ndarray, conn: np.ndarray, starts: np.ndarray,
-    first_syn: np.ndarray, first_syn_ack: np.ndarray, has_payload: np.ndarray,
+    src_ep: np.ndarray, first_receiver: np.ndarray, syn_ack_receiver: np.ndarray, conn: np.ndarray,
+    starts: np.ndarray, first_syn: np.ndarray, first_syn_ack: np.ndarray, has_payload: np.ndarray,
     listening: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Client and server endpoint of each connection, and whether that was guessed.
@@ -284,9 +298,9 @@ def _roles(
     registered against ephemeral); else, both ports alike, the side whose first payload
     answers the other's first payload (request, then response); else the lower port.
     """
-    a, b = src_ep[starts], dst_ep[starts]  # sender and receiver of the first packet
+    a, b = src_ep[starts], first_receiver  # sender and receiver of the first packet
     syn_client = src_ep[np.maximum(first_syn, 0)]
-    syn_ack_client = dst_ep[np.maximum(first_syn_ack, 0)]
+    syn_ack_client = syn_ack_receiver
     a_listens, b_listens = np.isin(a, listening), np.isin(b, listening)
     count = len(starts)
     a_first_data = _first_per_group(conn, has_payload & (src_ep == a[conn]), count)
@@ -323,31 +337,19 @@ def flow_ids(identity: Identity) -> np.ndarray:
 
     Without a SYN (capture began mid-stream) the ISN is unknown; such a connection is
     identified by its 4-tuple alone, which is what joins its pieces across files.
-    The id is pandas' row hash of ("client_ip|client_port", "server_ip|server_port", isn),
-    as 16 hex digits: computed column-wise here, it equals `pd.util.hash_pandas_object`
-    of that three-column frame, so ids stay what earlier releases wrote.
+    The id is the row hash pandas gives ("client_ip|client_port", "server_ip|server_port",
+    isn), as 16 hex digits: the ids earlier releases wrote.
     """
     if len(identity.client_port) == 0:
         return np.zeros(0, "S16")
 
     def endpoint_hash(ip: np.ndarray, port: np.ndarray) -> np.ndarray:
-        text = pc.binary_join_element_wise(identity.text(ip), pa.array(port).cast(pa.string()), "|")
-        return pd.util.hash_array(text.to_numpy(zero_copy_only=False))
+        distinct, inverse = np.unique(ip * 65536 + port, return_inverse=True)
+        text = pc.binary_join_element_wise(identity.text(distinct // 65536),
+                                           pa.array(distinct % 65536).cast(pa.string()), "|")
+        return hash_text(text)[inverse]
 
-    columns = (endpoint_hash(identity.client_ip, identity.client_port),
-               endpoint_hash(identity.server_ip, identity.server_port),
-               pd.util.hash_array(identity.client_isn.astype(np.int64)))
-    hashed = _combine_row_hashes(columns)
+    hashed = combine_row_hashes((endpoint_hash(identity.client_ip, identity.client_port),
+                                 endpoint_hash(identity.server_ip, identity.server_port),
+                                 hash_int64(identity.client_isn)))
     return np.frombuffer(hashed.astype(">u8").tobytes().hex().encode(), dtype="S16")
-
-
-def _combine_row_hashes(columns: tuple[np.ndarray, ...]) -> np.ndarray:
-    """pandas' combination of per-column hashes into a row hash (CPython's tuple hash)."""
-    mult = np.uint64(1000003)
-    out = np.zeros_like(columns[0]) + np.uint64(0x345678)
-    for i, column in enumerate(columns):
-        inverse_i = len(columns) - i
-        out ^= column
-        out *= mult
-        mult += np.uint64(82520 + inverse_i + inverse_i)
-    return out + np.uint64(97531)

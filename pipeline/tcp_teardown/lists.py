@@ -38,12 +38,17 @@ class Grouped:
         return Grouped(self.groups[lo:hi] - c0, self.values[lo:hi])
 
     def permuted(self, order: np.ndarray) -> Grouped:
-        """The groups renumbered so that new group i is old group order[i] (values follow)."""
-        new_id = np.empty_like(order)
-        new_id[order] = np.arange(len(order))
-        groups = new_id[self.groups]
-        by_group = np.argsort(groups, kind="stable")
-        return Grouped(groups[by_group], self.values[by_group])
+        """The groups renumbered so that new group i is old group order[i] (values follow).
+
+        Each group's values are one contiguous block, so the blocks are moved, not sorted.
+        """
+        count = len(order)
+        sizes = np.bincount(self.groups, minlength=count)
+        starts = np.cumsum(sizes) - sizes
+        new_sizes = sizes[order]
+        new_starts = np.cumsum(new_sizes) - new_sizes
+        take = np.repeat(starts[order] - new_starts, new_sizes) + np.arange(int(new_sizes.sum()))
+        return Grouped(np.repeat(np.arange(count), new_sizes), self.values[take])
 
     @staticmethod
     def concat(parts: list[Grouped], offsets: list[int] | np.ndarray) -> Grouped:
