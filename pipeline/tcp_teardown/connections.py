@@ -60,11 +60,18 @@ class Segments:
 
     def first_where(self, mask: np.ndarray) -> np.ndarray:
         """Per connection, the index of the first packet where `mask` holds, else -1."""
-        return _first_per_group(self.conn, mask, self.count)
+        return self.first_among(np.flatnonzero(mask))
+
+    def first_among(self, hits: np.ndarray) -> np.ndarray:
+        """Per connection, the first of these (ascending) packet indices, else -1."""
+        return _first_per_group_of(self.conn, hits, self.count)
 
     def last_where(self, mask: np.ndarray) -> np.ndarray:
         """Per connection, the index of the last packet where `mask` holds, else -1."""
-        hits = np.flatnonzero(mask)
+        return self.last_among(np.flatnonzero(mask))
+
+    def last_among(self, hits: np.ndarray) -> np.ndarray:
+        """Per connection, the last of these (ascending) packet indices, else -1."""
         groups = self.conn[hits]
         last = np.r_[groups[1:] != groups[:-1], True] if len(hits) else np.zeros(0, bool)
         out = np.full(self.count, -1, dtype=np.int64)
@@ -86,6 +93,10 @@ class Segments:
     def count_where(self, mask: np.ndarray) -> np.ndarray:
         return np.bincount(self.conn[mask], minlength=self.count).astype(np.int64)
 
+    def count_where_among(self, hits: np.ndarray) -> np.ndarray:
+        """Per connection, how many of these packet indices are its."""
+        return np.bincount(self.conn[hits], minlength=self.count).astype(np.int64)
+
     def per_packet(self, per_conn: np.ndarray) -> np.ndarray:
         """Spread a per-connection array over that connection's packets."""
         return per_conn[self.conn]
@@ -93,7 +104,11 @@ class Segments:
 
 def _first_per_group(groups: np.ndarray, mask: np.ndarray, count: int) -> np.ndarray:
     """Per group, the first index where `mask` holds (-1 if none); `groups` is sorted."""
-    hits = np.flatnonzero(mask)
+    return _first_per_group_of(groups, np.flatnonzero(mask), count)
+
+
+def _first_per_group_of(groups: np.ndarray, hits: np.ndarray, count: int) -> np.ndarray:
+    """Per group, the first of the ascending indices `hits` (-1 if none); `groups` is sorted."""
     found = groups[hits]
     first = np.r_[True, found[1:] != found[:-1]] if len(hits) else np.zeros(0, bool)
     out = np.full(count, -1, dtype=np.int64)

@@ -75,10 +75,11 @@ def compute_facts(seg: Segments, pair: np.ndarray, params: Params) -> Facts:
     f["syn"] = seg.first_where(client_syn)
     f["syn_count"] = seg.count_where(client_syn)
     f["syn_ts"] = np.where(f["syn"] >= 0, seg.ts[np.maximum(f["syn"], 0)] if len(flags) else 0, np.nan)
-    f["acking_packets"] = seg.count_where(ackf & ~rst)
+    acking = ackf & ~rst
+    f["acking_packets"] = seg.count_where(acking)
     # Acknowledgements that moved: the peer sent something (seen on the wire or not) while
     # the capture ran. In a one-direction capture this is the only trace of the other side.
-    acking = ackf & ~rst
+    position = np.arange(len(flags))
     first_acking = seg.first_where(acking)
     first_ack_value = np.where(first_acking >= 0, seg.ack[np.maximum(first_acking, 0)] if len(flags) else 0, -1)
     f["ack_moves"] = seg.count_where(acking & (seg.ack != seg.per_packet(first_ack_value)))
@@ -86,17 +87,17 @@ def compute_facts(seg: Segments, pair: np.ndarray, params: Params) -> Facts:
     f["syn_ack"] = seg.first_where(server_syn_ack)
     f["last_syn_ack"] = seg.last_where(server_syn_ack)
     f["syn_ack_count"] = seg.count_where(server_syn_ack)
-    after_syn = np.arange(len(flags)) > seg.per_packet(f["syn"])
-    after_syn_ack = np.arange(len(flags)) > seg.per_packet(f["syn_ack"])
+    after_syn = position > seg.per_packet(f["syn"])
+    after_syn_ack = position > seg.per_packet(f["syn_ack"])
     has_syn_ack = seg.per_packet(f["syn_ack"]) >= 0
     server_seen = seg.per_packet(f["packets_s2c"]) > 0
     client_ack = c2s & ackf & ~rst & ~tf.is_syn(flags)
     # A RST after the (last) SYN-ACK ends the attempt: a client ACK after it does not complete
     # the handshake (SYN, SYN-ACK, client RST is a half-open scan; a later ACK is a stray).
     last_syn_ack = seg.per_packet(f["last_syn_ack"])
-    closing_rst = rst & (np.arange(len(flags)) > last_syn_ack)
+    closing_rst = rst & (position > last_syn_ack)
     first_closing_rst = seg.per_packet(seg.first_where(closing_rst))
-    before_reset = (first_closing_rst < 0) | (np.arange(len(flags)) < first_closing_rst)
+    before_reset = (first_closing_rst < 0) | (position < first_closing_rst)
     completes = (client_ack & before_reset
                  & np.where(has_syn_ack, after_syn_ack, after_syn & ~server_seen))
     f["handshake_ack"] = np.where(f["syn"] >= 0, seg.first_where(completes), NONE)
@@ -105,13 +106,12 @@ def compute_facts(seg: Segments, pair: np.ndarray, params: Params) -> Facts:
     f["challenge_ack"] = np.where(
         f["syn"] >= 0, seg.first_where(bare_server_ack & before_syn_ack), NONE
     )
-    server_rst = s2c & rst
     # A refusal acknowledges the SYN it refuses (RST+ACK, ack = ISN + 1); a client in
     # SYN-SENT ignores any other RST, and so do we.
-    syn_at = seg.per_packet(f["syn"])
-    isn_end = (seg.seq[np.maximum(syn_at, 0)] + 1) % tf.SEQ_SPACE
-    answers_syn = ~ackf | (tf.seq_diff(seg.ack, isn_end) == 0)
-    f["server_rst_before_syn_ack"] = seg.first_where(server_rst & before_syn_ack & after_syn & answers_syn)
+    refusing = np.flatnonzero(s2c & rst & before_syn_ack & after_syn)
+    isn_end = seg.seq[np.maximum(f["syn"][seg.conn[refusing]], 0)] + 1
+    answers_syn = ~ackf[refusing] | (tf.seq_diff(seg.ack[refusing], isn_end) == 0)
+    f["server_rst_before_syn_ack"] = seg.first_among(refusing[answers_syn])
 
     # RSTs: one answered by a later SYN-ACK belongs to the opening (TIME_WAIT challenge).
     f["rst"] = seg.first_where(closing_rst)
@@ -120,20 +120,21 @@ def compute_facts(seg: Segments, pair: np.ndarray, params: Params) -> Facts:
 
     # FINs: where each side's FIN sits in sequence space and which frame acknowledges it.
     for side, mine in (("client", c2s), ("server", s2c)):
-        fin_idx = seg.first_where(fin & mine)
+        fins = np.flatnonzero(fin & mine)
+        fin_idx = seg.first_among(fins)
         f[f"{side}_fin"] = fin_idx
-        fin_end = np.where(fin_idx >= 0, seg.seq[np.maximum(fin_idx, 0)]
-                           + seg.payload[np.maximum(fin_idx, 0)] + 1, 0) % tf.SEQ_SPACE
+        fin_end = tf.seq_mod(np.where(fin_idx >= 0, seg.seq[np.maximum(fin_idx, 0)]
+                                      + seg.payload[np.maximum(fin_idx, 0)] + 1, 0))
         f[f"{side}_fin_end"] = fin_end
         per_fin = seg.per_packet(fin_idx)
-        acks_it = (~mine & ackf & ~rst & (per_fin >= 0)
-                   & (np.arange(len(flags)) > per_fin)
-                   & tf.covers(seg.ack, seg.per_packet(fin_end)))
-        f[f"{side}_fin_ack"] = seg.first_where(acks_it)
-        same_fin = fin & mine & ((seg.seq + seg.payload) % tf.SEQ_SPACE
-                                 == (seg.per_packet(fin_end) - 1) % tf.SEQ_SPACE)
-        f[f"{side}_fin_count"] = seg.count_where(same_fin)
-        f[f"{side}_fin_last"] = seg.last_where(same_fin)
+        # The ACK test runs on the other side's acknowledgements after the FIN only.
+        candidates = np.flatnonzero(~mine & acking & (per_fin >= 0) & (position > per_fin))
+        covering = tf.covers(seg.ack[candidates], fin_end[seg.conn[candidates]])
+        f[f"{side}_fin_ack"] = seg.first_among(candidates[covering])
+        same = (tf.seq_mod(seg.seq[fins] + seg.payload[fins])
+                == tf.seq_mod(fin_end[seg.conn[fins]] - 1))
+        f[f"{side}_fin_count"] = seg.count_where_among(fins[same])
+        f[f"{side}_fin_last"] = seg.last_among(fins[same])
     _infer_unseen_fin(seg, f, ackf & ~rst)
     cf, sf = f["client_fin"], f["server_fin"]
     c_inferred, s_inferred = f["client_fin_inferred"], f["server_fin_inferred"]
@@ -180,7 +181,7 @@ def compute_facts(seg: Segments, pair: np.ndarray, params: Params) -> Facts:
     # Who closed: the first FIN's side (an inferred FIN shows at the other side's ACK), or the RST's.
     f["close_event_by_client"] = np.where(by_fin, client_first, _at(seg.c2s, close_event))
     f["close_ts"] = np.where(has_event, seg.ts[np.maximum(close_event, 0)], np.nan)
-    payload_before = seg.payload * (np.arange(len(flags)) <= seg.per_packet(np.where(has_event, close_event, 0)))
+    payload_before = seg.payload * (position <= seg.per_packet(np.where(has_event, close_event, 0)))
     f["payload_before_close"] = np.bincount(seg.conn, weights=payload_before, minlength=seg.count).astype(np.int64)
     hs = f["handshake_ack"]
     f["handshake_ts"] = np.where(hs >= 0, seg.ts[np.maximum(hs, 0)], np.nan)

@@ -47,8 +47,13 @@ def is_syn_ack(flags: np.ndarray) -> np.ndarray:
 
 def seq_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a - b in 32-bit sequence space, as a signed number (RFC 1982 serial arithmetic)."""
-    d = (np.asarray(a, dtype=np.int64) - np.asarray(b, dtype=np.int64)) % SEQ_SPACE
-    return np.where(d >= SEQ_SPACE // 2, d - SEQ_SPACE, d)
+    # Truncating to 32 bits two's complement is exactly "mod 2**32, upper half negative".
+    return (np.asarray(a, dtype=np.int64) - np.asarray(b, dtype=np.int64)).astype(np.int32)
+
+
+def seq_mod(values: np.ndarray) -> np.ndarray:
+    """Values reduced into sequence space (0 .. 2**32-1)."""
+    return np.asarray(values, dtype=np.int64) & (SEQ_SPACE - 1)
 
 
 def covers(ack: np.ndarray, seq_end: np.ndarray) -> np.ndarray:
