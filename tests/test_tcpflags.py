@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tcp_teardown import tcpflags as tf
 
@@ -24,3 +26,12 @@ def test_flag_predicates() -> None:
     assert tf.is_syn_ack(flags).tolist() == [False, True, False, False, False]
     assert tf.is_fin(flags).tolist() == [False, False, True, False, False]
     assert tf.is_rst(flags).tolist() == [False, False, False, True, True]
+
+
+@given(st.lists(st.tuples(st.integers(-(2**40), 2**40), st.integers(-(2**40), 2**40)), max_size=50))
+def test_serial_difference_is_the_modular_definition(pairs: list[tuple[int, int]]) -> None:
+    a = np.array([x for x, _ in pairs], dtype=np.int64)
+    b = np.array([y for _, y in pairs], dtype=np.int64)
+    d = [(x - y) % 2**32 for x, y in pairs]
+    assert tf.seq_diff(a, b).tolist() == [v - 2**32 if v >= 2**31 else v for v in d]
+    assert tf.seq_mod(a - b).tolist() == d
