@@ -84,7 +84,7 @@ def _label_slice(seg: Segments, pair: np.ndarray, params: Params) -> Labelled:
     columns.update({name: evidence.frame_of(seg, facts[index]) for name, index in FRAME_COLUMNS.items()})
     columns["close_duration_s"] = np.where(facts["close_event"] >= 0, facts["last_ts"] - facts["close_ts"], np.nan)
     columns["flags"] = flag_matrix(facts)
-    keys = evidence.group_key_frames(evidence.key_frame_rows(seg, facts))
+    keys = evidence.group_key_frames(seg, evidence.key_frame_rows(seg, facts))
     return Labelled(columns, facts.lists["syn_ack_intervals"], keys)
 
 

@@ -99,12 +99,9 @@ def analyze_tables(paths: Iterable[Path | str], params: Params | None = None,
         reports.append(report)
     conn_table = pa.concat_tables(conns) if conns else CONNECTIONS.empty_table()
     frame_table = pa.concat_tables(frames) if frames else FRAMES.empty_table()
-    conn_df = conn_table.select(["client_ip", "client_port", "server_ip", "server_port", "open", "close",
-                                 "flags", "first_ts", "last_ts"]).to_pandas()
+    endpoint_table, host_table = endpoints.aggregate_tables(conn_table, params.msl)
     return Tables(
-        connections=conn_table, frames=frame_table,
-        endpoints=endpoints.endpoint_table(conn_df, params.msl),
-        hosts=endpoints.host_table(conn_df, params.msl),
+        connections=conn_table, frames=frame_table, endpoints=endpoint_table, hosts=host_table,
         files=reports, params=params, tshark=tshark,
     )
 
@@ -182,14 +179,22 @@ class Result(TableViews):
 
 
 def summary_counts(conns: pa.Table) -> dict[str, dict[str, int]]:
-    """Connections per open value, close value and flag (counted in Arrow, most first)."""
-    def counts(array: pa.Array | pa.ChunkedArray) -> dict[str, int]:
-        if isinstance(array, pa.ChunkedArray):
-            array = array.combine_chunks() if array.num_chunks else pa.array([], pa.string())
-        if pa.types.is_dictionary(array.type):
-            array = array.cast(pa.string())
-        pairs = pc.value_counts(array).to_pylist()
-        return dict(sorted(((str(p["values"]), int(p["counts"])) for p in pairs), key=lambda kv: -kv[1]))
+    """Connections per open value, close value and flag (counted in Arrow, most first;
+    ties in order of first appearance)."""
+    def counts(column: pa.ChunkedArray) -> dict[str, int]:
+        # Chunk by chunk, without concatenating them; a dictionary chunk is counted on its
+        # indices (a byte a row), not on its values cast back to text.
+        found: dict[str, int] = {}
+        for chunk in column.chunks:
+            if pa.types.is_dictionary(chunk.type):
+                pairs = pc.value_counts(chunk.indices)
+                values = chunk.dictionary.take(pairs.field("values"))
+            else:
+                pairs = pc.value_counts(chunk)
+                values = pairs.field("values")
+            for value, count in zip(values.to_pylist(), pairs.field("counts").to_pylist(), strict=True):
+                found[str(value)] = found.get(str(value), 0) + count
+        return dict(sorted(found.items(), key=lambda kv: -kv[1]))
 
     if conns.num_rows == 0:
         return {"open": {}, "close": {}, "flags": {}}

@@ -3,134 +3,220 @@
 `server_active_close_share` is fin_by_server over all orderly closes
 (fin_by_client + fin_by_server + fin_simultaneous) of that endpoint: how often the
 server, not the client, hung up first. Null when the endpoint had no orderly close.
+
+Both tables are computed from integer codes: addresses are numbered by their sorted
+text once, labels by their position in the vocabulary, so no string is compared per row.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tcp_teardown.connections import pair_codes
-from tcp_teardown.schema import ENDPOINTS, HOSTS, arrow_table
+from tcp_teardown.filters import radix_order, value_codes
+from tcp_teardown.schema import ENDPOINTS, HOSTS
 from tcp_teardown.vocab import CLOSE_VALUES, OPEN_VALUES, Close, Flag, Open
 
-KEY = ["server_ip", "server_port"]
+# The connection columns the aggregates read; client_port is optional (without it,
+# TIME_WAIT always lasts 2·MSL).
+COLUMNS = ["client_ip", "client_port", "server_ip", "server_port", "open", "close", "flags",
+           "first_ts", "last_ts"]
 
 
-def endpoint_table(conns: pd.DataFrame, msl: float) -> pa.Table:
-    """One row per server endpoint (ip, port), counted with bincount over dense endpoint ids."""
-    if conns.empty:
-        return ENDPOINTS.empty_table()
-    ip_code, _ = pd.factorize(conns["server_ip"])
-    endpoint, first_row = _dense_ids(pair_codes(ip_code, conns["server_port"].to_numpy()))
-    count = len(first_row)
-    out = pd.DataFrame({
-        "server_ip": conns["server_ip"].to_numpy()[first_row],
-        "server_port": conns["server_port"].to_numpy()[first_row],
-        "connections": np.bincount(endpoint, minlength=count),
-    })
-    for column, values in (("open", OPEN_VALUES), ("close", CLOSE_VALUES)):
-        labels = conns[column].astype(str).to_numpy()
-        for value in values:
-            out[f"{column}_{value}"] = np.bincount(endpoint[labels == value], minlength=count)
-    orderly = (out[f"close_{Close.FIN_BY_CLIENT}"] + out[f"close_{Close.FIN_BY_SERVER}"]
-               + out[f"close_{Close.FIN_SIMULTANEOUS}"])
-    out["server_active_close_share"] = (out[f"close_{Close.FIN_BY_SERVER}"] / orderly).where(orderly > 0)
-    out["half_open_peak_per_s"] = _half_open_peak(conns, endpoint, count)
-    reuse = has_flag(conns["flags"], Flag.PORT_REUSE_TIME_WAIT)
-    out["port_reuse_time_wait"] = np.bincount(endpoint[reuse], minlength=count)
-    peaks = host_frame(conns, msl).set_index("ip")["time_wait_peak"]
-    out["server_time_wait_peak"] = out["server_ip"].map(peaks).fillna(0).astype(np.int64)
-    out = out.sort_values(KEY, kind="stable")
-    return arrow_table(out[ENDPOINTS.names], ENDPOINTS)
+@dataclass(frozen=True)
+class _Conns:
+    """The connection columns as numpy arrays; addresses as positions in `ips`."""
+
+    ips: pa.Array  # every client and server address, sorted, so positions order like the text
+    client: np.ndarray
+    server: np.ndarray
+    client_port: np.ndarray | None
+    server_port: np.ndarray
+    open: np.ndarray  # position in OPEN_VALUES (len(OPEN_VALUES) for anything else)
+    close: np.ndarray  # position in CLOSE_VALUES
+    port_reuse: np.ndarray  # whether the flags hold port_reuse_time_wait
+    first_ts: np.ndarray
+    last_ts: np.ndarray
 
 
-def _dense_ids(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Codes 0..n-1 (from pair_codes) and, per code, the first row that has it."""
-    first = np.full(int(codes.max()) + 1 if len(codes) else 0, -1, dtype=np.int64)
-    rows = np.arange(len(codes))[::-1]
-    first[codes[::-1]] = rows  # reversed: the first row of each code is written last
-    return codes, first
+def aggregate_tables(conns: pa.Table, msl: float) -> tuple[pa.Table, pa.Table]:
+    """The endpoints and hosts tables of these connections (the host pass is shared)."""
+    if conns.num_rows == 0:
+        return ENDPOINTS.empty_table(), HOSTS.empty_table()
+    cols = _columns(conns)
+    hosts = _hosts(cols, _time_wait_end(cols, msl))
+    return _endpoints(cols, hosts), hosts
 
 
-def has_flag(flags: pd.Series, flag: Flag) -> np.ndarray:
+def endpoint_table(conns: pd.DataFrame | pa.Table, msl: float) -> pa.Table:
+    """One row per server endpoint (ip, port), sorted by address then port."""
+    return aggregate_tables(_arrow(conns), msl)[0]
+
+
+def host_table(conns: pd.DataFrame | pa.Table, msl: float) -> pa.Table:
+    """One row per host that closed actively, sorted by address."""
+    return aggregate_tables(_arrow(conns), msl)[1]
+
+
+def _arrow(conns: pd.DataFrame | pa.Table) -> pa.Table:
+    if isinstance(conns, pa.Table):
+        return conns
+    return pa.Table.from_pandas(conns[[c for c in COLUMNS if c in conns]], preserve_index=False)
+
+
+def _columns(conns: pa.Table) -> _Conns:
+    ips, client, server = _address_codes(conns.column("client_ip"), conns.column("server_ip"))
+    names = conns.column_names
+    return _Conns(
+        ips=ips, client=client, server=server,
+        client_port=conns.column("client_port").to_numpy() if "client_port" in names else None,
+        server_port=conns.column("server_port").to_numpy(),
+        open=value_codes(conns.column("open"), OPEN_VALUES),
+        close=value_codes(conns.column("close"), CLOSE_VALUES),
+        port_reuse=_has_flag(conns.column("flags"), Flag.PORT_REUSE_TIME_WAIT),
+        first_ts=conns.column("first_ts").to_numpy().astype(float, copy=False),
+        last_ts=conns.column("last_ts").to_numpy().astype(float, copy=False),
+    )
+
+
+def _address_codes(client: pa.ChunkedArray, server: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """The sorted distinct addresses, and each client's and server's position among them.
+
+    Only the distinct addresses are sorted: each column is hashed once into a dictionary."""
+    client_enc = pc.dictionary_encode(client.combine_chunks())
+    server_enc = pc.dictionary_encode(server.combine_chunks())
+    ips = pc.unique(pa.concat_arrays([client_enc.dictionary, server_enc.dictionary]))
+    ips = ips.take(pc.sort_indices(ips))
+
+    def positions(encoded: pa.DictionaryArray) -> np.ndarray:
+        of_entry = pc.index_in(encoded.dictionary, value_set=ips).to_numpy().astype(np.int64)
+        return of_entry[encoded.indices.to_numpy()]
+
+    return ips, positions(client_enc), positions(server_enc)
+
+
+def _has_flag(flags: pa.ChunkedArray, flag: Flag) -> np.ndarray:
     """Per row of a flags (list) column, whether it holds `flag` — without a Python loop."""
-    lists = pa.array(flags.tolist(), pa.list_(pa.string())) if flags.dtype == object else \
-        pa.array(flags.array)
-    if isinstance(lists, pa.ChunkedArray):
-        lists = lists.combine_chunks()
-    flat = pc.list_flatten(lists)
-    parents = pc.list_parent_indices(lists).to_numpy()
-    hit = pc.equal(flat, str(flag)).to_numpy(zero_copy_only=False)
-    return np.bincount(parents[hit], minlength=len(lists)) > 0
+    lists = flags.combine_chunks()
+    if lists.type != pa.list_(pa.string()):  # e.g. list<null> when pandas saw only empty lists
+        lists = lists.cast(pa.list_(pa.string()))
+    hit = pc.fill_null(pc.equal(pc.list_flatten(lists), str(flag)), False).to_numpy(zero_copy_only=False)
+    found = np.zeros(len(lists), dtype=bool)
+    found[pc.list_parent_indices(lists).to_numpy()[hit]] = True
+    return found
 
 
-def _half_open_peak(conns: pd.DataFrame, endpoint: np.ndarray, count: int) -> np.ndarray:
+def _endpoints(cols: _Conns, hosts: pa.Table) -> pa.Table:
+    """Counted with bincount over endpoint numbers that follow the (address, port) order."""
+    endpoint, keys = _ranked(_endpoint_keys(cols.server, cols.server_port))
+    count = len(keys)
+    server = keys >> 32
+    columns = {
+        "server_ip": cols.ips.take(server),
+        "server_port": pa.array(((keys & 0xFFFFFFFF) - 2**31).astype(np.int32)),
+        "connections": np.bincount(endpoint, minlength=count),
+    }
+    columns.update(_label_counts("open", OPEN_VALUES, cols.open, endpoint, count))
+    columns.update(_label_counts("close", CLOSE_VALUES, cols.close, endpoint, count))
+    by_server = columns[f"close_{Close.FIN_BY_SERVER}"]
+    orderly = columns[f"close_{Close.FIN_BY_CLIENT}"] + by_server + columns[f"close_{Close.FIN_SIMULTANEOUS}"]
+    share = by_server / np.where(orderly > 0, orderly, 1)
+    columns["server_active_close_share"] = pa.array(share, mask=orderly == 0)
+    columns["half_open_peak_per_s"] = _half_open_peak(cols, endpoint, count)
+    columns["port_reuse_time_wait"] = np.bincount(endpoint[cols.port_reuse], minlength=count)
+    peak_of = np.zeros(len(cols.ips), np.int64)
+    peak_of[pc.index_in(hosts.column("ip"), value_set=cols.ips).to_numpy()] = hosts.column("time_wait_peak").to_numpy()
+    columns["server_time_wait_peak"] = peak_of[server]
+    return pa.Table.from_arrays([columns[name] for name in ENDPOINTS.names], schema=ENDPOINTS)
+
+
+def _endpoint_keys(address: np.ndarray, port: np.ndarray) -> np.ndarray:
+    """One int64 per (address position, port) that sorts like the pair."""
+    return address.astype(np.int64) << 32 | (port.astype(np.int64) + 2**31)
+
+
+def _dense(keys: np.ndarray) -> tuple[np.ndarray, int]:
+    """Codes 0..n-1 for the distinct keys (in first-seen order), and n."""
+    codes, distinct = pd.factorize(keys)
+    return codes.astype(np.int64, copy=False), len(distinct)
+
+
+def _ranked(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the rank of its key among the distinct keys; and the distinct keys, ascending.
+
+    Hashing, then sorting only the distinct keys, is far cheaper than sorting every row."""
+    codes, distinct = pd.factorize(keys)
+    order = np.argsort(distinct)
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[codes], distinct[order]
+
+
+def _label_counts(column: str, values: tuple[str, ...], codes: np.ndarray, endpoint: np.ndarray,
+                  count: int) -> dict[str, np.ndarray]:
+    """`{column}_{value}` counts per endpoint, all values in one bincount."""
+    width = len(values) + 1  # the last code counts labels outside the vocabulary
+    table = np.bincount(endpoint * width + codes, minlength=count * width).reshape(count, width)
+    return {f"{column}_{value}": np.ascontiguousarray(table[:, i]) for i, value in enumerate(values)}
+
+
+def _half_open_peak(cols: _Conns, endpoint: np.ndarray, count: int) -> np.ndarray:
     """Per endpoint, the most half-open (syn_ack_no_ack) connections started within one second."""
-    half = (conns["open"].astype(str) == str(Open.SYN_ACK_NO_ACK)).to_numpy()
+    half = cols.open == OPEN_VALUES.index(Open.SYN_ACK_NO_ACK)
     peak = np.zeros(count, dtype=np.int64)
     if not half.any():
         return peak
-    second = np.floor(conns["first_ts"].to_numpy()[half]).astype(np.int64)
-    per_second = pd.DataFrame({"e": endpoint[half], "s": second}).groupby(["e", "s"]).size()
-    best = per_second.groupby(level=0).max()
-    peak[best.index.to_numpy()] = best.to_numpy()
+    second = np.floor(cols.first_ts[half]).astype(np.int64)
+    order = radix_order(endpoint[half], count, np.argsort(second, kind="stable"))
+    ends, second = endpoint[half][order], second[order]
+    starts = np.flatnonzero(np.r_[True, (ends[1:] != ends[:-1]) | (second[1:] != second[:-1])])
+    np.maximum.at(peak, ends[starts], np.diff(np.r_[starts, len(ends)]))
     return peak
 
 
-def host_frame(conns: pd.DataFrame, msl: float) -> pd.DataFrame:
+def _hosts(cols: _Conns, until: np.ndarray) -> pa.Table:
     """Per host: active closes and the most connections it held in TIME_WAIT at once.
 
     Each active close holds TIME_WAIT for 2·MSL from the end of the connection, or until
     a new SYN reuses its 4-tuple (the stack then ends TIME_WAIT and accepts it).
     """
-    close = conns["close"].astype(str)
-    until = _time_wait_end(conns, msl)
-    client_tw = close.isin([str(Close.FIN_BY_CLIENT), str(Close.FIN_SIMULTANEOUS)]).to_numpy()
-    server_tw = close.isin([str(Close.FIN_BY_SERVER), str(Close.FIN_SIMULTANEOUS)]).to_numpy()
-    holders = pd.DataFrame({
-        "ip": np.concatenate([conns["client_ip"].to_numpy()[client_tw], conns["server_ip"].to_numpy()[server_tw]]),
-        "t": np.concatenate([conns["last_ts"].to_numpy()[client_tw], conns["last_ts"].to_numpy()[server_tw]]),
-        "end": np.concatenate([until[client_tw], until[server_tw]]),
-    })
-    if holders.empty:
-        return pd.DataFrame({"ip": pd.Series([], dtype=object),
-                             "active_closes": pd.Series([], dtype=np.int64),
-                             "time_wait_peak": pd.Series([], dtype=np.int64)})
-    events = pd.concat([
-        pd.DataFrame({"ip": holders["ip"], "t": holders["t"], "d": 1}),
-        pd.DataFrame({"ip": holders["ip"], "t": holders["end"], "d": -1}),
-    ], ignore_index=True).sort_values(["ip", "t", "d"], kind="stable")
-    events["held"] = events.groupby("ip")["d"].cumsum()
-    out = pd.DataFrame({
-        "active_closes": holders.groupby("ip").size(),
-        "time_wait_peak": events.groupby("ip")["held"].max(),
-    }).reset_index()
-    return out.astype({"active_closes": np.int64, "time_wait_peak": np.int64})
+    both = CLOSE_VALUES.index(Close.FIN_SIMULTANEOUS)
+    client_tw = (cols.close == CLOSE_VALUES.index(Close.FIN_BY_CLIENT)) | (cols.close == both)
+    server_tw = (cols.close == CLOSE_VALUES.index(Close.FIN_BY_SERVER)) | (cols.close == both)
+    holder = np.concatenate([cols.client[client_tw], cols.server[server_tw]])
+    if len(holder) == 0:
+        return HOSTS.empty_table()
+    start = np.concatenate([cols.last_ts[client_tw], cols.last_ts[server_tw]])
+    end = np.concatenate([until[client_tw], until[server_tw]])
+    # Ends are listed before starts, so the stable sort by (host, time) releases a TIME_WAIT
+    # before taking one at the same instant.
+    host, held = np.r_[holder, holder], np.r_[np.full(len(holder), -1), np.ones(len(holder), np.int64)]
+    order = radix_order(host, len(cols.ips), np.argsort(np.r_[end, start], kind="stable"))
+    host = host[order]
+    held = np.cumsum(held[order])  # each host's events sum to zero: one running sum serves all
+    starts = np.flatnonzero(np.r_[True, host[1:] != host[:-1]])
+    return pa.Table.from_arrays([cols.ips.take(host[starts]),
+                                 np.bincount(holder)[host[starts]],
+                                 np.maximum.reduceat(held, starts)], schema=HOSTS)
 
 
-def _time_wait_end(conns: pd.DataFrame, msl: float) -> np.ndarray:
+def _time_wait_end(cols: _Conns, msl: float) -> np.ndarray:
     """When each connection's TIME_WAIT ends: 2·MSL after it, or at the next SYN on its 4-tuple."""
-    end = conns["last_ts"].to_numpy(dtype=float) + 2 * msl
-    if "client_port" not in conns:
+    end = cols.last_ts + 2 * msl
+    if cols.client_port is None:
         return end
-    client = pair_codes(pd.factorize(conns["client_ip"])[0], conns["client_port"].to_numpy())
-    server = pair_codes(pd.factorize(conns["server_ip"])[0], conns["server_port"].to_numpy())
-    four_tuple = pair_codes(client, server)
-    order = np.lexsort((conns["first_ts"].to_numpy(), four_tuple))
+    client, _ = _dense(_endpoint_keys(cols.client, cols.client_port))
+    server, servers = _dense(_endpoint_keys(cols.server, cols.server_port))
+    four_tuple, tuples = _dense(client * servers + server)
+    order = radix_order(four_tuple, tuples, np.argsort(cols.first_ts, kind="stable"))
     codes = four_tuple[order]
-    next_start = np.r_[conns["first_ts"].to_numpy()[order][1:], np.inf]
+    next_start = np.r_[cols.first_ts[order][1:], np.inf]
     same = np.r_[codes[1:] == codes[:-1], False]
-    reused = np.where(same, np.minimum(end[order], np.maximum(next_start, conns["last_ts"].to_numpy()[order])),
-                      end[order])
+    reused = np.where(same, np.minimum(end[order], np.maximum(next_start, cols.last_ts[order])), end[order])
     out = np.empty_like(end)
     out[order] = reused
     return out
-
-
-def host_table(conns: pd.DataFrame, msl: float) -> pa.Table:
-    if conns.empty:
-        return HOSTS.empty_table()
-    return arrow_table(host_frame(conns, msl)[HOSTS.names], HOSTS)

@@ -33,10 +33,10 @@ def _label_code(label: StrEnum) -> int:
 
 @dataclass
 class KeyRows:
-    """Long table of evidence: one row per (connection, frame, role, label), as integer codes."""
+    """Long table of evidence: one row per (connection, packet, role, label), as integer codes."""
 
     conn: np.ndarray
-    frame: np.ndarray
+    packet: np.ndarray  # index into Segments
     role: np.ndarray
     label: np.ndarray
 
@@ -85,7 +85,7 @@ def key_frame_rows(seg: Segments, lab: Facts) -> KeyRows:
         if not keep.any():
             return
         label_codes = label[keep] if isinstance(label, np.ndarray) else _label_code(label)
-        parts.append((conns[keep], seg.frame[idx[keep]], _role_code(role), label_codes))
+        parts.append((conns[keep], idx[keep], _role_code(role), label_codes))
 
     def add_listed(listed: Grouped, role: str, label: Flag) -> None:
         parts.append((listed.groups, listed.values, _role_code(role), _label_code(label)))
@@ -140,9 +140,9 @@ def key_frame_rows(seg: Segments, lab: Facts) -> KeyRows:
         add(lab[f"{side}_fin_last"], "unacknowledged FIN", Flag.FINAL_ACK_MISSING,
             flag(Flag.FINAL_ACK_MISSING) & unacked)
 
-    add_listed(lab.lists["syn_frames"].where(flag(Flag.SYN_RETRANSMITTED)).without_first(),
+    add_listed(lab.lists["syn_packets"].where(flag(Flag.SYN_RETRANSMITTED)).without_first(),
                "retransmitted SYN", Flag.SYN_RETRANSMITTED)
-    add_listed(lab.lists["syn_ack_frames"].where(flag(Flag.SYN_ACK_RETRANSMITTED)).without_first(),
+    add_listed(lab.lists["syn_ack_packets"].where(flag(Flag.SYN_ACK_RETRANSMITTED)).without_first(),
                "retransmitted SYN-ACK", Flag.SYN_ACK_RETRANSMITTED)
     add_listed(lab.lists["suspect_rst"].where(flag(Flag.RST_SUSPECT_INJECTED)),
                "suspect RST", Flag.RST_SUSPECT_INJECTED)
@@ -154,7 +154,7 @@ def _concat(parts: list[tuple[np.ndarray, np.ndarray, int, np.ndarray | int]]) -
     sizes = [len(conn) for conn, _, _, _ in parts]
     return KeyRows(
         conn=np.concatenate([conn for conn, _, _, _ in parts] or [np.zeros(0, np.int64)]).astype(np.int64),
-        frame=np.concatenate([frame for _, frame, _, _ in parts] or [np.zeros(0, np.int64)]).astype(np.int64),
+        packet=np.concatenate([packet for _, packet, _, _ in parts] or [np.zeros(0, np.int64)]).astype(np.int64),
         role=np.repeat(np.array([role for _, _, role, _ in parts], np.int16), sizes),
         label=np.concatenate([np.broadcast_to(np.asarray(label, np.int16), size)
                               for (_, _, _, label), size in zip(parts, sizes, strict=True)]
@@ -167,24 +167,28 @@ def _retransmitted_fins(seg: Segments, lab: Facts) -> Grouped:
     flagged = lab[f"flag_{Flag.FIN_RETRANSMITTED}"]
     firsts = np.concatenate([seg.frame[lab[column][flagged & (lab[column] >= 0)]]
                              for column in ("client_fin", "server_fin")])
-    fins = lab.lists["fin_frames"].where(flagged)
-    later = ~np.isin(fins.values, firsts)
+    fins = lab.lists["fin_packets"].where(flagged)
+    later = ~np.isin(seg.frame[fins.values], firsts)
     return Grouped(fins.groups[later], fins.values[later])
 
 
-def group_key_frames(rows: KeyRows) -> KeyFrames:
+def group_key_frames(seg: Segments, rows: KeyRows) -> KeyFrames:
     """One row per (connection, frame) with the lists of its roles and labels, in frame order
     within each connection; each list in first-appearance order without repeats."""
-    order = np.lexsort((np.arange(len(rows.conn)), rows.frame, rows.conn))
-    conn, frame = rows.conn[order], rows.frame[order]
-    first = np.r_[True, (conn[1:] != conn[:-1]) | (frame[1:] != frame[:-1])] if len(conn) else np.zeros(0, bool)
+    # Segments are in (connection, frame) order, so sorting by packet index (then by row,
+    # to keep first appearances first) is sorting by (connection, frame): one integer key.
+    count = len(rows.conn)
+    order = np.argsort(rows.packet * max(count, 1) + np.arange(count))
+    conn, frame = rows.conn[order], seg.frame[rows.packet[order]]
+    first = np.r_[True, (conn[1:] != conn[:-1]) | (frame[1:] != frame[:-1])] if count else np.zeros(0, bool)
     key_id = np.cumsum(first) - 1
     lists = {}
     for column, size in (("role", len(_ROLE_CODES)), ("label", len(LABEL_NAMES))):
         values = getattr(rows, column)[order].astype(np.int64)
+        # First appearance of each (key, value): sort by (key, value, position), keep run starts.
         pair = key_id * size + values
-        by_pair = np.argsort(pair, kind="stable")
+        by_pair = np.argsort(pair * max(count, 1) + np.arange(count))
         sorted_pair = pair[by_pair]
-        keep = np.sort(by_pair[np.r_[True, sorted_pair[1:] != sorted_pair[:-1]]]) if len(pair) else by_pair
+        keep = np.sort(by_pair[np.r_[True, sorted_pair[1:] != sorted_pair[:-1]]]) if count else by_pair
         lists[column] = Grouped(key_id[keep], values[keep].astype(np.int16))
     return KeyFrames(conn[first], frame[first], lists["role"], lists["label"])

@@ -192,9 +192,9 @@ def compute_facts(seg: Segments, pair: np.ndarray, params: Params) -> Facts:
 
     # SYN-ACK retransmission gaps.
     f.lists["syn_ack_intervals"] = _gaps(seg, server_syn_ack)
-    f.lists["syn_ack_frames"] = _frames(seg, server_syn_ack)
-    f.lists["syn_frames"] = _frames(seg, client_syn)
-    f.lists["fin_frames"] = _frames(seg, fin)
+    f.lists["syn_ack_packets"] = _packets(seg, server_syn_ack)
+    f.lists["syn_packets"] = _packets(seg, client_syn)
+    f.lists["fin_packets"] = _packets(seg, fin)
     f["pair"] = pair
     return f
 
@@ -236,7 +236,7 @@ def _at(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 def _suspect_rsts(seg: Segments, rst: np.ndarray) -> Grouped:
-    """Per connection, the RST frames whose TTL differs from every non-RST packet of that side."""
+    """Per connection, the RSTs (packet indices) whose TTL differs from every non-RST packet of that side."""
     if not rst.any():
         return Grouped.empty(np.int64)
     side = seg.conn.astype(np.int64) * 2 + seg.c2s
@@ -248,11 +248,13 @@ def _suspect_rsts(seg: Segments, rst: np.ndarray) -> Grouped:
     ttl, rst_side = seg.ttl[at], side[at]
     seen = usual_max[rst_side] >= 0  # a side with no other packet has no usual TTL
     odd = seen & ((ttl < usual_min[rst_side]) | (ttl > usual_max[rst_side]))
-    return Grouped(seg.conn[at[odd]], seg.frame[at[odd]])
+    return Grouped(seg.conn[at[odd]], at[odd])
 
 
-def _frames(seg: Segments, mask: np.ndarray) -> Grouped:
-    return Grouped(seg.conn[mask], seg.frame[mask])
+def _packets(seg: Segments, mask: np.ndarray) -> Grouped:
+    """Per connection, the indices of its packets where `mask` holds."""
+    hits = np.flatnonzero(mask)
+    return Grouped(seg.conn[hits], hits)
 
 
 def _gaps(seg: Segments, mask: np.ndarray) -> Grouped:

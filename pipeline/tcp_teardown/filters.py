@@ -7,10 +7,10 @@ more than the read itself. Past that, filter an annotated capture on its comment
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -43,60 +43,170 @@ class LabelFilter:
 
 def set_filters(field: str, members: list[int] | np.ndarray) -> tuple[str, ...]:
     """`field in {a,b,c}` filters, at most MAX_SET_MEMBERS members each."""
-    unique = np.unique(np.asarray(members, dtype=np.int64))
-    if len(unique) > MAX_TOTAL_MEMBERS:
+    unique = _sorted_unique(np.asarray(members, dtype=np.int64))
+    if len(unique) > MAX_TOTAL_MEMBERS:  # counted before any text is made for a set that is dropped
         return ()
-    unique = unique.tolist()
     return tuple(
-        f"{field} in {{{','.join(map(str, unique[i:i + MAX_SET_MEMBERS]))}}}"
+        f"{field} in {{{','.join(map(str, unique[i:i + MAX_SET_MEMBERS].tolist()))}}}"
         for i in range(0, len(unique), MAX_SET_MEMBERS)
     )
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique by sort and compare: numpy 2's hash-based unique is slow, and most sets
+    (streams, frame numbers) arrive sorted already, so they are only checked."""
+    if len(values) < 2 or (values[1:] > values[:-1]).all():
+        return values
+    values = np.sort(values)
+    return values[np.r_[True, values[1:] != values[:-1]]]
 
 
 def label_filters(conns: pa.Table, frames: pa.Table) -> list[LabelFilter]:
     """Every label present in each capture, with its stream and frame filters.
 
-    Works on the Arrow tables: list columns are flattened with their parent indices,
-    so no Python object is made per connection or per frame.
+    Works on integer codes: each (file, label) pair is one small integer key and rows are
+    split by key with one radix sort, so no Python object is made per connection or frame.
     """
     if conns.num_rows == 0:
         return []
-    file_ids, files = pd.factorize(_np(conns, "file"))
+    files = pc.unique(conns.column("file"))  # first-seen order, the order the filters list them in
+    flags = pc.list_flatten(conns.column("flags"))
+    labels = _label_order(conns.column("open"), conns.column("close"), flags)
+    keys = _Keys(len(files), len(labels))
+    conn_file = _file_codes(conns.column("file"), files)
     stream = pc.fill_null(conns.column("tcp_stream"), -1).to_numpy()
-    flags = conns.column("flags").combine_chunks()
-    flag_rows = pc.list_parent_indices(flags).to_numpy()
-    per_conn = pd.DataFrame({
-        "file": np.concatenate([file_ids, file_ids, file_ids[flag_rows]]),
-        "stream": np.concatenate([stream, stream, stream[flag_rows]]),
-        "label": np.concatenate([_np(conns, "open"), _np(conns, "close"), _np_list(flags)]),
-    })
-    frame_file = pd.Index(files).get_indexer(_np(frames, "file")) if frames.num_rows else np.zeros(0, np.int64)
-    labels = frames.column("labels").combine_chunks() if frames.num_rows else pa.array([], pa.list_(pa.string()))
-    label_rows = pc.list_parent_indices(labels).to_numpy()
-    per_frame = pd.DataFrame({
-        "file": frame_file[label_rows] if len(label_rows) else np.zeros(0, np.int64),
-        "frame": _np(frames, "frame_number")[label_rows] if len(label_rows) else np.zeros(0, np.int64),
-        "label": _np_list(labels),
-    })
-    counts = per_conn.groupby(["file", "label"]).size()
-    streams = {k: v.to_numpy() for k, v in per_conn[per_conn["stream"] >= 0].groupby(["file", "label"])["stream"]}
-    key_frames = {k: v.to_numpy() for k, v in per_frame.groupby(["file", "label"])["frame"]}
-    order = {label: i for i, label in enumerate(LABELS)}
-    keys = sorted(counts.index, key=lambda k: (k[0], order.get(k[1], len(order))))
-    empty = np.zeros(0, np.int64)
-    return [LabelFilter(str(files[f]), str(label), int(counts[(f, label)]),
-                        set_filters("tcp.stream", streams.get((f, label), empty)),
-                        set_filters("frame.number", key_frames.get((f, label), empty)),
-                        len(key_frames.get((f, label), empty)))
-            for f, label in keys]
+    flag_rows = _parent_indices(conns.column("flags"))
+    conn_key = np.concatenate([keys.of(conn_file, value_codes(conns.column("open"), labels)),
+                               keys.of(conn_file, value_codes(conns.column("close"), labels)),
+                               keys.of(conn_file[flag_rows], value_codes(flags, labels))])
+    conn_stream = np.concatenate([stream, stream, stream[flag_rows]])
+    counts = np.bincount(conn_key, minlength=keys.count)
+    streams = _split(np.where(conn_stream >= 0, conn_key, keys.dropped), conn_stream, keys.count)
+    key_frames = _split(*_frame_keys(frames, files, labels, keys), keys.count)
+    file_names = files.to_pylist()
+    return [LabelFilter(str(file_names[file]), labels[label], int(counts[key]),
+                        set_filters("tcp.stream", streams[key]),
+                        set_filters("frame.number", key_frames[key]),
+                        len(key_frames[key]))
+            for key, file, label in keys.present(counts)]
 
 
-def _np(table: pa.Table, column: str) -> np.ndarray:
-    return table.column(column).combine_chunks().to_numpy(zero_copy_only=False) if table.num_rows else np.zeros(0)
+@dataclass(frozen=True)
+class _Keys:
+    """One small integer per (file, label) pair, in the order the filters are listed.
+
+    Code `files` stands for a file and `labels` for a label the connections do not have
+    (a frame of another capture, a null label): their keys are counted, never listed.
+    """
+
+    files: int
+    labels: int
+
+    @property
+    def count(self) -> int:
+        return (self.files + 1) * (self.labels + 1)
+
+    @property
+    def dropped(self) -> int:
+        return self.count - 1
+
+    def of(self, file: np.ndarray, label: np.ndarray) -> np.ndarray:
+        return file * (self.labels + 1) + label
+
+    def present(self, counts: np.ndarray) -> list[tuple[int, int, int]]:
+        """(key, file, label) of every listed key with a count, in key order."""
+        found = []
+        for key in np.flatnonzero(counts).tolist():
+            file, label = divmod(key, self.labels + 1)
+            if file < self.files and label < self.labels:
+                found.append((key, file, label))
+        return found
 
 
-def _np_list(lists: pa.ListArray) -> np.ndarray:
-    return pc.list_flatten(lists).to_numpy(zero_copy_only=False)
+def _frame_keys(frames: pa.Table, files: pa.Array, labels: list[str], keys: _Keys) -> tuple[np.ndarray, np.ndarray]:
+    """The key and the frame number of every label of every key frame."""
+    if frames.num_rows == 0:
+        return np.zeros(0, np.int32), np.zeros(0, np.int64)
+    per_frame = pc.fill_null(pc.list_value_length(frames.column("labels")), 0).to_numpy()
+    file = np.repeat(_file_codes(frames.column("file"), files), per_frame)
+    label = value_codes(pc.list_flatten(frames.column("labels")), labels)
+    return keys.of(file, label), np.repeat(frames.column("frame_number").to_numpy(), per_frame)
+
+
+def _label_order(*columns: pa.ChunkedArray) -> list[str]:
+    """Every label the connections hold, in the order the filters list them: the
+    taxonomy order, then any other label alphabetically."""
+    seen = set()
+    for column in columns:
+        for chunk in column.chunks:
+            seen.update((chunk.dictionary if pa.types.is_dictionary(chunk.type) else pc.unique(chunk)).to_pylist())
+    return [*LABELS, *sorted(value for value in seen - set(LABELS) if value is not None)]
+
+
+def value_codes(column: pa.ChunkedArray, values: Sequence[str]) -> np.ndarray:
+    """Each row's position in `values`; len(values) for a null or any other value.
+
+    A dictionary column is looked up once per dictionary entry, not per row."""
+    missing = len(values)
+    value_set = pa.array(list(values), pa.string())
+    parts = [np.zeros(0, np.int32)]
+    for chunk in column.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            lookup = np.append(_positions(chunk.dictionary, value_set, missing), np.int32(missing))
+            indices = pc.fill_null(chunk.indices.cast(pa.int32()), len(chunk.dictionary))
+            parts.append(lookup[indices.to_numpy()])
+        else:
+            parts.append(_positions(chunk, value_set, missing))
+    return np.concatenate(parts)
+
+
+def _file_codes(column: pa.ChunkedArray, files: pa.Array) -> np.ndarray:
+    """Each value's position in `files` (len(files) when absent).
+
+    Tables are concatenated per capture, so a chunk usually holds one file: comparing
+    strings to one value is far cheaper than hashing every one of them."""
+    parts = [np.zeros(0, np.int32)]
+    for chunk in column.chunks:
+        if len(chunk) and chunk.null_count == 0 and pc.all(pc.equal(chunk, chunk[0])).as_py():
+            code = _positions(chunk.slice(0, 1), files, len(files))[0]
+            parts.append(np.full(len(chunk), code, np.int32))
+        else:
+            parts.append(_positions(chunk, files, len(files)))
+    return np.concatenate(parts)
+
+
+def _positions(values: pa.Array, value_set: pa.Array, missing: int) -> np.ndarray:
+    found = pc.index_in(values, value_set=value_set)
+    return pc.fill_null(found, missing).to_numpy().astype(np.int32, copy=False)
+
+
+def _parent_indices(lists: pa.ChunkedArray) -> np.ndarray:
+    """The row of each list element, over all chunks."""
+    parts, offset = [np.zeros(0, np.int64)], 0
+    for chunk in lists.chunks:
+        parts.append(pc.list_parent_indices(chunk).to_numpy() + offset)
+        offset += len(chunk)
+    return np.concatenate(parts)
+
+
+def _split(keys: np.ndarray, values: np.ndarray, n_keys: int) -> list[np.ndarray]:
+    """The values of each key 0..n_keys-1, each in the order of the rows."""
+    bounds = np.cumsum(np.bincount(keys, minlength=n_keys))[:-1]
+    return np.split(values[radix_order(keys, n_keys)], bounds)
+
+
+def radix_order(keys: np.ndarray, limit: int, order: np.ndarray | None = None) -> np.ndarray:
+    """Stable argsort of integer keys in [0, limit), applied after `order` when given.
+
+    numpy sorts 16-bit integers stably by radix, in one linear pass: 16 bits at a time,
+    least significant first, is far cheaper than a comparison sort of int64 keys."""
+    result = order
+    for shift in range(0, max(int(limit) - 1, 1).bit_length(), 16):  # at least one pass
+        current = keys if result is None else keys[result]
+        # the cast keeps the low 16 bits: the digit this pass sorts by
+        step = np.argsort((current >> shift).astype(np.uint16), kind="stable")
+        result = step if result is None else result[step]
+    return result if result is not None else np.arange(len(keys))
 
 
 def render_text(filters: list[LabelFilter]) -> str:
