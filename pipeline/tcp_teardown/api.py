@@ -7,8 +7,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -19,6 +19,9 @@ from tcp_teardown.facts import Params
 from tcp_teardown.ingest import ReadReport, read_packet_table
 from tcp_teardown.schema import CONNECTIONS, FRAMES
 from tcp_teardown.tshark import Tshark, find_tshark
+
+if TYPE_CHECKING:  # pandas loads only when a DataFrame is asked for (CLI start-up time)
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,8 @@ def analyze_tables(paths: Iterable[Path | str], params: Params | None = None,
 
 def to_frame(table: pa.Table) -> pd.DataFrame:
     """Arrow table -> DataFrame with pyarrow-backed columns and categorical labels."""
+    import pandas as pd
+
     df = table.to_pandas(types_mapper=pd.ArrowDtype)
     for column in LABEL_COLUMNS:
         if column in df:

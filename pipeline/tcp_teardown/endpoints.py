@@ -11,15 +11,18 @@ text once, labels by their position in the vocabulary, so no string is compared 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from tcp_teardown.filters import radix_order, value_codes
 from tcp_teardown.schema import ENDPOINTS, HOSTS
 from tcp_teardown.vocab import CLOSE_VALUES, OPEN_VALUES, Close, Flag, Open
+
+if TYPE_CHECKING:  # the bulk path passes Arrow tables and never imports pandas
+    import pandas as pd
 
 # The connection columns the aggregates read; client_port is optional (without it,
 # TIME_WAIT always lasts 2·MSL).
@@ -141,19 +144,16 @@ def _endpoint_keys(address: np.ndarray, port: np.ndarray) -> np.ndarray:
 
 def _dense(keys: np.ndarray) -> tuple[np.ndarray, int]:
     """Codes 0..n-1 for the distinct keys (in first-seen order), and n."""
-    codes, distinct = pd.factorize(keys)
-    return codes.astype(np.int64, copy=False), len(distinct)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    return rank[inverse.reshape(-1)], len(first)
 
 
 def _ranked(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the rank of its key among the distinct keys; and the distinct keys, ascending.
-
-    Hashing, then sorting only the distinct keys, is far cheaper than sorting every row."""
-    codes, distinct = pd.factorize(keys)
-    order = np.argsort(distinct)
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order))
-    return rank[codes], distinct[order]
+    """Per row, the rank of its key among the distinct keys; and the distinct keys, ascending."""
+    distinct, inverse = np.unique(keys, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64, copy=False), distinct
 
 
 def _label_counts(column: str, values: tuple[str, ...], codes: np.ndarray, endpoint: np.ndarray,

@@ -7,7 +7,6 @@ The other schemas are the public output tables (docs/teardown-taxonomy.md).
 
 from __future__ import annotations
 
-import pandas as pd
 import pyarrow as pa
 
 from tcp_teardown.vocab import CLOSE_VALUES, OPEN_VALUES
@@ -109,8 +108,3 @@ HOSTS = pa.schema(
         pa.field("time_wait_peak", pa.int64(), nullable=False),
     ]
 )
-
-
-def arrow_table(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
-    """DataFrame -> Arrow table of `schema`, without pandas' dtype metadata (readers decide dtypes)."""
-    return pa.Table.from_pandas(df, schema=schema, preserve_index=False).replace_schema_metadata(None)
