@@ -17,6 +17,7 @@ import signal
 import stat
 import struct
 import subprocess
+import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -500,12 +501,13 @@ def _ipv6_is_innermost(raw: dict[str, pa.Array]) -> pa.Array:
 
 def read_packets(
     path: Path, engine: str = "auto", tshark: ts.Tshark | None = None,
-    report: ReadReport | None = None,
+    report: ReadReport | None = None, native_batch_rows: int = NATIVE_BATCH_ROWS,
 ) -> Iterator[pa.RecordBatch]:
     """The packet table of one capture, in batches, from the chosen engine.
 
     `auto` uses the native reader when it accepts the file and falls back to tshark
-    (recorded in `report.fallback_reason`) when it declines.
+    (recorded in `report.fallback_reason`) when it declines. The native reader's
+    batches have `native_batch_rows` rows (the last fewer).
     """
     report = report if report is not None else ReadReport()
     if engine in ("auto", "native"):
@@ -519,7 +521,7 @@ def read_packets(
             # million rows), and tshark must then start from a clean slate.
             batches: list[pa.RecordBatch] = []
             try:
-                batches.extend(native.read_packets(path, chunk_packets=NATIVE_BATCH_ROWS))
+                batches.extend(native.read_packets(path, chunk_packets=native_batch_rows))
                 report.engine = "native"
                 yield from batches
                 return
@@ -544,7 +546,8 @@ def read_packets(
 def read_packet_table(path: Path, engine: str = "auto", tshark: ts.Tshark | None = None,
                       report: ReadReport | None = None) -> pa.Table:
     """The whole packet table of one capture (compact Arrow columns, ~70 bytes a packet)."""
-    batches = list(read_packets(path, engine, tshark, report))
+    # The native reader builds the table's columns in one piece (no batches to combine).
+    batches = list(read_packets(path, engine, tshark, report, native_batch_rows=sys.maxsize))
     if not batches:
         return PACKETS.empty_table()
     # One chunk per column: EK arrives in hundreds of small blocks, and per-chunk work

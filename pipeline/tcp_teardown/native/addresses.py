@@ -12,10 +12,13 @@ import pyarrow.compute as pc
 _OCTETS = pa.array([str(i) for i in range(256)], type=pa.string())
 
 
-def ip_text(version: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> pa.Array:
+def ip_text(version: np.ndarray, hi: np.ndarray | None, lo: np.ndarray) -> pa.Array:
     """Text of each address: IPv4 dotted quad; IPv6 as glibc's inet_ntop writes it, which
     is what tshark prints (RFC 5952 compression, and a dotted quad for the last 32 bits
-    of IPv4-mapped and IPv4-compatible addresses)."""
+    of IPv4-mapped and IPv4-compatible addresses). `hi` None: every address is IPv4."""
+    if hi is None:
+        index, four = pd.factorize(lo)
+        return _dotted(np.asarray(four)).take(pa.array(index))
     v4 = version == 4
     index = np.empty(len(version), dtype=np.int64)
     four_index, four = pd.factorize(lo[v4])

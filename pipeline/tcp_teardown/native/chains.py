@@ -23,7 +23,7 @@ IntArray = np.ndarray
 # Below this many bytes a plain sequential loop is cheaper than setting up chains.
 SMALL_WINDOW = 256 << 10
 HEAD_RECORDS = 64  # records read sequentially first, to measure the average length
-RECORDS_PER_CHAIN = 64
+RECORDS_PER_CHAIN = 256  # longer chains: fewer guesses, and fewer records walked at once
 GUESS_CONFIRMATIONS = 3
 MAX_RESTARTS = 8
 CHECK_EVERY = 4  # steps between looks at which chains are done
@@ -302,12 +302,13 @@ def _first_problem(layout: RecordLayout, found: IntArray, end: int) -> tuple[int
     problem = lengths > layout.max_length
     if layout.sane is not None:
         problem |= ~layout.sane(found, lengths)
-    stop = layout.stop(found) if layout.stop is not None else problem & False
-    problem |= stop
+    stop = layout.stop(found) if layout.stop is not None else None
+    if stop is not None:
+        problem |= stop
     if not problem.any():
         return None
     first = int(np.argmax(problem))
-    return first, "stop" if stop[first] else "bad"
+    return first, "stop" if stop is not None and stop[first] else "bad"
 
 
 def _stops_at(layout: RecordLayout, n: int, position: int) -> bool:

@@ -50,6 +50,11 @@ class ByteSource(Protocol):
         """True if the compressed stream itself ended early (a truncated .gz/.zst)."""
         ...
 
+    @property
+    def size(self) -> int | None:
+        """Bytes in all, if known before reading them."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -94,6 +99,10 @@ class MappedSource:
     @property
     def at_end(self) -> bool:
         return self._window_end >= self._size
+
+    @property
+    def size(self) -> int | None:
+        return self._size
 
     @property
     def cut_short(self) -> bool:
@@ -202,6 +211,10 @@ class StreamSource:
     @property
     def at_end(self) -> bool:
         return self._eof
+
+    @property
+    def size(self) -> int | None:
+        return None
 
     @property
     def cut_short(self) -> bool:

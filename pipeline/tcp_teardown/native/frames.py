@@ -57,6 +57,18 @@ class Frames:
     def __len__(self) -> int:
         return len(self.data)
 
+    def take(self, index: np.ndarray) -> Frames:
+        """Some of the frames (`first_frame` stays: frame numbers are the caller's)."""
+        return Frames(
+            views=self.views,
+            data=self.data[index],
+            caplen=self.caplen[index],
+            wirelen=self.wirelen[index],
+            ts=self.ts[index],
+            link=self.link[index],
+            first_frame=self.first_frame,
+        )
+
 
 def check_links(links: np.ndarray) -> None:
     """Decline a window that has frames of a link type the decoder does not know."""

@@ -20,6 +20,17 @@ from tcp_teardown.schema import PACKETS
 
 # Frames decoded at a time: bounds the temporary arrays of a window of tiny packets.
 DECODE_FRAMES = 1 << 18
+# Rows a batch's columns are first made for, when the file's size is unknown (they grow
+# as needed, up to the batch size), and at most when it is known.
+FIRST_BATCH_ROWS = 1 << 18
+MAX_EXPECTED_ROWS = 1 << 25
+# The row columns (see _rows) and their types: those of PACKETS, addresses as numbers.
+ROW_TYPES = {
+    "frame_number": np.int64, "ts": np.float64, "version": np.int8,
+    "src_lo": np.uint64, "dst_lo": np.uint64, "sport": np.int32, "dport": np.int32,
+    "flags": np.int16, "seq": np.int64, "ack": np.int64, "payload": np.int32,
+    "window": np.int32, "ttl": np.int16, "ip_id": np.int32, "stream": np.int64,
+}  # fmt: skip
 
 
 def read_packets(path: Path, chunk_packets: int = 1_000_000) -> Iterator[pa.RecordBatch]:
@@ -40,37 +51,37 @@ def read_packets(path: Path, chunk_packets: int = 1_000_000) -> Iterator[pa.Reco
             frames = pcapng.read_frames(source)
         else:
             raise NativeUnsupported("not a pcap or pcapng file")
-        yield from _batches(frames, chunk_packets)
+        yield from _batches(frames, chunk_packets, source.size)
     finally:
         source.close()
 
 
-def _batches(frames: Iterator[Frames], chunk_packets: int) -> Iterator[pa.RecordBatch]:
+def _batches(frames: Iterator[Frames], chunk_packets: int, file_bytes: int | None) -> Iterator[pa.RecordBatch]:
     tracker = StreamTracker()
-    pending: list[dict[str, np.ndarray]] = []
-    pending_rows = 0
+    rows = RowBuffer(chunk_packets)
     cut_short: TruncatedCapture | None = None
     try:
         for window in frames:
+            if file_bytes and rows.expected is None:
+                rows.expected = _expected_frames(window, file_bytes)
             for start in range(0, len(window), DECODE_FRAMES):
-                part = _slice(window, start, start + DECODE_FRAMES)
-                columns = _rows(part, tracker)
-                if len(columns["frame_number"]):
-                    pending.append(columns)
-                    pending_rows += len(columns["frame_number"])
-                while pending_rows >= chunk_packets:
-                    batch, pending = _take(pending, chunk_packets)
-                    pending_rows -= chunk_packets
-                    yield batch
+                columns = _rows(_slice(window, start, start + DECODE_FRAMES), tracker)
+                done = 0
+                while done < len(columns["frame_number"]):
+                    done += rows.add(columns, done)
+                    if rows.full:
+                        yield rows.batch()
     except TruncatedCapture as exc:
         cut_short = exc  # yield what is complete first, as tshark prints it
-    while pending_rows > 0:
-        size = min(chunk_packets, pending_rows)
-        batch, pending = _take(pending, size)
-        pending_rows -= size
-        yield batch
+    if rows.count:
+        yield rows.batch()
     if cut_short is not None:
         raise cut_short
+
+
+def _expected_frames(window: Frames, file_bytes: int) -> int:
+    """Frames in the whole file if it is as dense as this window (a bound on rows)."""
+    return len(window) * file_bytes // max(window.views.n, 1) + len(window)
 
 
 def _slice(frames: Frames, start: int, stop: int) -> Frames:
@@ -90,62 +101,101 @@ def _slice(frames: Frames, start: int, stop: int) -> Frames:
 
 def _rows(frames: Frames, tracker: StreamTracker) -> dict[str, np.ndarray]:
     """The rows of one part of a window, in the schema's types (so batches need no
-    conversion) except the addresses, kept as numbers until a batch is made."""
+    conversion) except the addresses, kept as numbers until a batch is made (without
+    the high halves, all zero, when every row is IPv4)."""
     segments = decode(frames)
     streams = tracker.assign(segments)
     rows = segments.row
     seg = segments.take(rows)
-    return {
+    columns = {
         "frame_number": frames.first_frame + seg.frame,
         "ts": frames.ts[seg.frame],
-        "version": seg.version.astype(np.int8),
+        "version": seg.version,
         "src_hi": seg.src_hi,
         "src_lo": seg.src_lo,
         "dst_hi": seg.dst_hi,
         "dst_lo": seg.dst_lo,
-        "sport": seg.sport.astype(np.int32),
-        "dport": seg.dport.astype(np.int32),
-        "flags": seg.flags.astype(np.int16),
-        "seq": seg.seq.astype(np.int64),
-        "ack": seg.ack.astype(np.int64),
-        "payload": seg.payload.astype(np.int32),
-        "window": seg.window.astype(np.int32),
-        "ttl": seg.ttl.astype(np.int16),
-        "ip_id": seg.ip_id.astype(np.int32),
+        "sport": seg.sport,
+        "dport": seg.dport,
+        "flags": seg.flags,
+        "seq": seg.seq,
+        "ack": seg.ack,
+        "payload": seg.payload,
+        "window": seg.window,
+        "ttl": seg.ttl,
+        "ip_id": seg.ip_id,
         "stream": streams if rows.all() else streams[rows],
     }
+    if (seg.version == 4).all():
+        del columns["src_hi"], columns["dst_hi"]
+    return columns
 
 
-def _take(pending: list[dict[str, np.ndarray]], size: int) -> tuple[pa.RecordBatch, list[dict[str, np.ndarray]]]:
-    """The first `size` pending rows as a batch, and what is left."""
-    taken: list[dict[str, np.ndarray]] = []
-    have = 0
-    while have < size:
-        part = pending[0]
-        count = len(part["frame_number"])
-        if have + count <= size:
-            taken.append(part)
-            pending = pending[1:]
-            have += count
-        else:
-            need = size - have
-            taken.append({k: v[:need] for k, v in part.items()})
-            pending = [{k: v[need:] for k, v in part.items()}, *pending[1:]]
-            have = size
-    return _batch(taken), pending
+class RowBuffer:
+    """The rows of the next batch, each column in one array made as big as the batch is
+    expected to get (only the pages written to take memory), grown if it gets bigger.
+    Each part is copied in once and let go, so the memory held is about one batch, and
+    the batch's columns become Arrow arrays without another copy."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size  # rows per batch
+        self.count = 0
+        self.columns: dict[str, np.ndarray] = {}
+        self.expected: int | None = None  # rows the file may have, if known
+
+    @property
+    def full(self) -> bool:
+        return self.count == self.size
+
+    def add(self, part: dict[str, np.ndarray], offset: int) -> int:
+        """Copy rows of `part` from `offset` on, as many as the batch takes; how many."""
+        take = min(self.size - self.count, len(part["frame_number"]) - offset)
+        self._reserve(self.count + take)
+        end = self.count + take
+        for name, values in part.items():
+            if name not in self.columns:  # the first IPv6 row: high halves from now on
+                self.columns[name] = np.zeros(self.capacity, dtype=values.dtype)
+            self.columns[name][self.count : end] = values[offset : offset + take]
+        for name in self.columns.keys() - part.keys():
+            self.columns[name][self.count : end] = 0  # IPv4 rows: no high halves
+        self.count = end
+        return take
+
+    @property
+    def capacity(self) -> int:
+        return len(self.columns["frame_number"]) if self.columns else 0
+
+    def _reserve(self, rows: int) -> None:
+        if rows <= self.capacity:
+            return
+        if not self.columns:
+            first = min(self.expected, MAX_EXPECTED_ROWS) if self.expected else FIRST_BATCH_ROWS
+            capacity = min(self.size, max(rows, first))
+            self.columns = {name: np.empty(capacity, dtype) for name, dtype in ROW_TYPES.items()}
+            return
+        capacity = min(self.size, max(rows, 2 * self.capacity))
+        for column in self.columns.values():
+            column.resize(capacity, refcheck=False)  # no views of it exist yet
+
+    def batch(self) -> pa.RecordBatch:
+        """The rows so far as a batch; the buffer starts over."""
+        columns, count = self.columns, self.count
+        self.columns, self.count = {}, 0
+        for column in columns.values():
+            column.resize(count, refcheck=False)
+        return _batch(columns)
 
 
-def _batch(parts: list[dict[str, np.ndarray]]) -> pa.RecordBatch:
-    """One batch from parts, column by column: each column's parts are let go as soon as
-    it is built, which keeps the peak memory near one batch."""
-
-    def column(name: str) -> np.ndarray:
-        return np.concatenate([part.pop(name) for part in parts])
-
-    version = column("version")
-    src_ip = ip_text(version, column("src_hi"), column("src_lo"))
-    dst_ip = ip_text(version, column("dst_hi"), column("dst_lo"))
-    arrays = {"src_ip": src_ip, "dst_ip": dst_ip, "ip_version": pa.array(version)}
+def _batch(columns: dict[str, np.ndarray]) -> pa.RecordBatch:
+    """A batch from the row columns (numbers become Arrow arrays without a copy)."""
+    version = columns["version"]
+    ipv4_only = "src_hi" not in columns
+    arrays = {
+        "src_ip": ip_text(version, columns.get("src_hi"), columns["src_lo"]),
+        "dst_ip": ip_text(version, columns.get("dst_hi"), columns["dst_lo"]),
+        "ip_version": pa.array(version),
+        "ip_id": pa.array(columns["ip_id"], mask=None if ipv4_only else version == 6),
+    }
     for field, name in (
         ("frame_number", "frame_number"),
         ("ts", "ts"),
@@ -159,6 +209,5 @@ def _batch(parts: list[dict[str, np.ndarray]]) -> pa.RecordBatch:
         ("ttl", "ttl"),
         ("tcp_stream", "stream"),
     ):
-        arrays[field] = pa.array(column(name))
-    arrays["ip_id"] = pa.array(column("ip_id"), mask=version == 6)
+        arrays[field] = pa.array(columns[name])
     return pa.RecordBatch.from_arrays([arrays[f.name] for f in PACKETS], schema=PACKETS)

@@ -10,11 +10,15 @@ a SYN) or a segment in the other direction with ACK set (its ack minus one). FIN
 do not matter: a SYN that reuses the ISN of a closed conversation stays in it. TCP
 headers quoted in ICMP errors open conversations too (but are never analysed).
 
-Everything is vectorized except a loop over SYNs that are not the first segment of their
-address pair (retransmissions, port reuse), where the rule has to be applied in order.
+Segments are grouped by pair with one sort of an integer key (pair hash, position).
+Whether a SYN starts a new conversation depends on where the current one began, i.e. on
+the decisions about the SYNs before it on the pair; those decisions are found for all
+pairs at once by fixed-point rounds (see `_resolve_splits`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -26,6 +30,61 @@ SYN = 0x002
 ACK = 0x010
 MASK32 = 0xFFFFFFFF
 _MIX = np.uint64(0x9E3779B97F4A7C15)
+_SIX = np.uint64(0x6A09E667F3BCC909)  # keeps IPv6 pairs apart from IPv4 ones
+# Rounds of the vectorized split resolution before the pairs still undecided are done
+# one SYN at a time (a pair with n candidate SYNs needs at most n + 1 rounds).
+SPLIT_ROUNDS = 16
+
+
+@dataclass
+class PairKeys:
+    """The unordered address/port pair of each segment."""
+
+    hash: np.ndarray  # uint64, equal for equal pairs
+    direction: np.ndarray  # bool: the source is the higher endpoint
+    words: list[np.ndarray]  # uint64 columns that together tell pairs apart exactly
+    ipv4_only: bool  # words are (lower, higher endpoint) as in `_ipv4_keys`
+
+    def canonical(self, rows: np.ndarray) -> np.ndarray:
+        """The pairs of `rows` in one form for every window: (n, 5) uint64, as
+        `_mixed_keys` words them."""
+        if not self.ipv4_only:
+            return np.stack([column[rows] for column in self.words], axis=1)
+        low, high = (column[rows] for column in self.words)
+        port = np.uint64(0xFFFF)
+        out = np.zeros((len(rows), 5), dtype=np.uint64)
+        out[:, 0] = np.uint64(4) | (low & port) << np.uint64(8) | (high & port) << np.uint64(24)
+        out[:, 2] = low >> np.uint64(16)
+        out[:, 4] = high >> np.uint64(16)
+        return out
+
+
+@dataclass
+class Groups:
+    """Segments sorted by pair, capture order within a pair."""
+
+    order: np.ndarray  # int64 segment index of each sorted position
+    start: np.ndarray  # int64 first sorted position of each pair group
+    end: np.ndarray  # int64 one past its last
+
+
+@dataclass
+class Candidates:
+    """SYNs without ACK that may start a new conversation, in pair order."""
+
+    position: np.ndarray  # int64 sorted position
+    group: np.ndarray  # int64 pair group
+    side: np.ndarray  # int64 0/1: the direction the SYN goes
+    seq: np.ndarray  # int64
+    # the pair's conversation from earlier windows has this side's base, and which it is
+    stored: np.ndarray  # bool
+    stored_base: np.ndarray  # int64
+
+    def take(self, index: np.ndarray) -> Candidates:
+        return Candidates(**{k: v[index] for k, v in self.__dict__.items()})
+
+    def __len__(self) -> int:
+        return len(self.position)
 
 
 class StreamTracker:
@@ -34,9 +93,9 @@ class StreamTracker:
     def __init__(self) -> None:
         self.next_stream = 0
         self._hashes = np.zeros(0, dtype=np.uint64)  # sorted
-        self._hash_ids = np.zeros(0, dtype=np.int64)  # key id of each sorted hash
-        self._keys = np.zeros((0, 5), dtype=np.uint64)  # full key of each key id
-        # per key id: the current conversation's stream and base sequence numbers
+        self._hash_ids = np.zeros(0, dtype=np.int64)  # pair id of each sorted hash
+        self._keys = np.zeros((0, 5), dtype=np.uint64)  # full key of each pair id
+        # per pair id: the current conversation's stream and base sequence numbers
         self._stream = np.zeros(0, dtype=np.int64)
         self._base_set = np.zeros((0, 2), dtype=bool)
         self._base = np.zeros((0, 2), dtype=np.int64)
@@ -46,160 +105,94 @@ class StreamTracker:
         n = len(seg)
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        words, direction = _keys(seg)
-        kid, fresh_keys = self._key_ids(words)
+        keys = _pair_keys(seg)
+        groups = _group(keys)
+        key, carried = self._pair_ids(keys, groups)  # carried: known from earlier windows
+        self._grow(len(self._keys))
+        window = _Window(seg, keys.direction, groups)
 
-        order = np.argsort(kid, kind="stable")  # by pair, capture order within a pair
-        k = kid[order]
-        d = direction[order]
-        flags = seg.flags[order]
-        seq = seg.seq[order]
-        ack = seg.ack[order]
-        analyzed = seg.analyzed[order]
-        position = np.arange(n)
-        group_start = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
-        group_end = np.r_[group_start[1:], n]
-        group_of = np.repeat(np.arange(len(group_start)), group_end - group_start)
-        group_key = k[group_start]
-        carried = ~fresh_keys[group_key]  # the pair has a conversation from earlier windows
-
-        # For each direction: where the next segment at or after each position that would
-        # set the base sequence number is, and the base it would set.
-        is_syn = (flags & SYN) != 0
-        has_ack = (flags & ACK) != 0
-        next_setter = []
-        base_value = []
-        for side in (0, 1):
-            same = d == side
-            setter = analyzed & (same | has_ack)
-            value = np.where(same, np.where(is_syn, seq, seq - 1), ack - 1) & MASK32  # (ack: ACK set)
-            nxt = np.minimum.accumulate(np.where(setter, position, n)[::-1])[::-1]
-            next_setter.append(nxt)
-            base_value.append(np.append(value, 0))  # index n: "none"
-
-        # SYNs without ACK that might start a new conversation, in order.
-        syn_only = (flags & (SYN | ACK)) == SYN
-        first_of_fresh = np.zeros(n, dtype=bool)
-        first_of_fresh[group_start[~carried]] = True
-        candidates = np.flatnonzero(syn_only & ~first_of_fresh)
-        starts = self._split_points(
-            candidates, group_of, group_start, group_end, carried, group_key,
-            d, seq, next_setter, base_value,
-        )  # fmt: skip
-        starts = np.union1d(starts, group_start[~carried]).astype(np.int64)
-
+        syns = self._candidates(window, key, carried)
+        split = _resolve_splits(window, syns)
+        # Where each conversation seen in this window begins: new ones, and the pairs'
+        # ongoing ones from earlier windows (at the group start, unless a SYN split there).
+        is_new = np.zeros(n, dtype=bool)
+        is_new[syns.position[split]] = True
+        is_new[groups.start[~carried]] = True
+        is_bound = is_new.copy()
+        is_bound[groups.start] = True
+        bounds = np.flatnonzero(is_bound)
+        new = is_new[bounds]
+        stream = np.empty(len(bounds), dtype=np.int64)
         # New streams are numbered in capture order of their first segment.
-        stream_sorted = np.full(n, -1, dtype=np.int64)
-        rank = np.argsort(order[starts], kind="stable")
-        stream_sorted[starts[rank]] = self.next_stream + np.arange(len(starts))
-        self.next_stream += len(starts)
-        open_carried = group_start[carried]
-        open_carried = open_carried[stream_sorted[open_carried] < 0]
-        stream_sorted[open_carried] = self._stream[k[open_carried]]
-        marked = stream_sorted >= 0
-        filled = np.maximum.accumulate(np.where(marked, position, 0))
-        stream_sorted = stream_sorted[filled]
+        first_segment = groups.order[bounds[new]]
+        rank = np.empty(len(first_segment), dtype=np.int64)
+        rank[np.argsort(first_segment)] = np.arange(len(first_segment))
+        stream[new] = self.next_stream + rank
+        self.next_stream += len(first_segment)
+        ongoing = np.flatnonzero(~new)
+        stream[ongoing] = self._stream[key[window.group_of(bounds[ongoing])]]
 
-        self._carry(group_start, group_end, group_key, filled, starts, carried,
-                    next_setter, base_value, stream_sorted)  # fmt: skip
+        self._carry(window, key, carried, bounds, new, stream)
         result = np.empty(n, dtype=np.int64)
-        result[order] = stream_sorted
+        result[groups.order] = np.repeat(stream, np.diff(bounds, append=n))
         return result
 
-    def _split_points(
-        self,
-        candidates: np.ndarray,
-        group_of: np.ndarray,
-        group_start: np.ndarray,
-        group_end: np.ndarray,
-        carried: np.ndarray,
-        group_key: np.ndarray,
-        d: np.ndarray,
-        seq: np.ndarray,
-        next_setter: list[np.ndarray],
-        base_value: list[np.ndarray],
-    ) -> np.ndarray:
-        """Positions (in pair order) of SYNs that start a new conversation."""
-        starts: list[int] = []
-        current_group = -1
-        conversation_start = -1  # -1: the conversation carried over from earlier windows
-        groups = group_of[candidates].tolist()
-        sides = d[candidates].tolist()
-        seqs = seq[candidates].tolist()
-        for q, g, side, s in zip(candidates.tolist(), groups, sides, seqs, strict=True):
-            if g != current_group:
-                current_group = g
-                conversation_start = -1 if carried[g] else int(group_start[g])
-            key = int(group_key[g])
-            if conversation_start < 0 and self._base_set[key, side]:
-                base = int(self._base[key, side])
-            else:
-                begin = int(group_start[g]) if conversation_start < 0 else conversation_start
-                setter = int(next_setter[side][begin])
-                if setter >= q:
-                    continue  # no base yet: the SYN joins the conversation
-                base = int(base_value[side][setter])
-            if s != base:
-                conversation_start = q
-                starts.append(q)
-        return np.asarray(starts, dtype=np.int64)
+    def _candidates(self, window: _Window, key: np.ndarray, carried: np.ndarray) -> Candidates:
+        q = window.candidate_positions(carried)
+        group = window.group_of(q)
+        side = window.side_of(q)
+        pair = key[group]
+        return Candidates(
+            position=q,
+            group=group,
+            side=side,
+            seq=window.seq_of(q),
+            stored=carried[group] & self._base_set[pair, side],
+            stored_base=self._base[pair, side],
+        )
 
     def _carry(
         self,
-        group_start: np.ndarray,
-        group_end: np.ndarray,
-        group_key: np.ndarray,
-        filled: np.ndarray,
-        starts: np.ndarray,
+        window: _Window,
+        key: np.ndarray,
         carried: np.ndarray,
-        next_setter: list[np.ndarray],
-        base_value: list[np.ndarray],
-        stream_sorted: np.ndarray,
+        bounds: np.ndarray,
+        new: np.ndarray,
+        stream: np.ndarray,
     ) -> None:
         """Keep each pair's current conversation (stream, bases) for the next window."""
-        last = group_end - 1
-        is_start = np.zeros(len(filled), dtype=bool)
-        is_start[starts] = True
-        # the position where the pair's last conversation began (or its group start)
-        began = filled[last]
-        began_here = is_start[began]
-        self._stream[group_key] = stream_sorted[last]
+        groups = window.groups
+        last = np.searchsorted(bounds, groups.end - 1, side="right") - 1
+        began = bounds[last]  # where the pair's last conversation began (or its group start)
+        self._stream[key] = stream[last]
         for side in (0, 1):
-            setter = next_setter[side][began]
-            seen = setter < group_end
-            value = base_value[side][np.where(seen, setter, len(filled))]
-            keep_old = ~began_here & carried & self._base_set[group_key, side]
-            self._base[group_key, side] = np.where(keep_old, self._base[group_key, side], value)
-            self._base_set[group_key, side] = keep_old | seen
+            setter = window.next_setter(began, np.full(len(began), side))
+            seen = setter < groups.end
+            value = window.base_value(setter, side)
+            keep_old = ~new[last] & carried & self._base_set[key, side]
+            self._base[key, side] = np.where(keep_old, self._base[key, side], value)
+            self._base_set[key, side] = keep_old | seen
 
-    def _key_ids(self, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Key id of each segment's address pair; and, per key id, whether it is new."""
-        h = _hash(words)
-        # hash-based factorizing (codes in order of first appearance) beats sorting
-        inverse, unique = pd.factorize(h)
-        unique = np.asarray(unique, dtype=np.uint64)
-        first = np.flatnonzero(inverse > np.maximum.accumulate(np.r_[-1, inverse[:-1]]))
-        at = np.searchsorted(self._hashes, unique)
+    def _pair_ids(self, keys: PairKeys, groups: Groups) -> tuple[np.ndarray, np.ndarray]:
+        """The pair id of each group (new pairs get the next free ids, in group order),
+        and whether the pair was known before this window."""
+        first = groups.order[groups.start]
+        hashes = keys.hash[first]  # ascending, but for pairs `_group` had to tell apart
+        at = np.searchsorted(self._hashes, hashes)
         known = at < len(self._hashes)
-        known[known] = self._hashes[at[known]] == unique[known]
-        ids = np.empty(len(unique), dtype=np.int64)
+        known[known] = self._hashes[at[known]] == hashes[known]
+        ids = np.empty(len(hashes), dtype=np.int64)
         ids[known] = self._hash_ids[at[known]]
-        new = ~known
-        count = len(self._keys)
-        ids[new] = count + np.arange(int(new.sum()))
-        if new.any():
-            # np.insert keeps the given order among equal positions: insert sorted
-            by_hash = np.argsort(unique[new])
-            self._hashes = np.insert(self._hashes, at[new][by_hash], unique[new][by_hash])
-            self._hash_ids = np.insert(self._hash_ids, at[new][by_hash], ids[new][by_hash])
-            self._keys = np.concatenate((self._keys, words[first[new]]))
-            self._grow(len(self._keys))
-        kid = ids[inverse.ravel()]
-        if not (self._keys[kid] == words).all():
+        if known.any() and not (self._keys[ids[known]] == keys.canonical(first[known])).all():
             raise NativeUnsupported("address-pair hash collision (use tshark for this file)")
-        fresh = np.zeros(len(self._keys), dtype=bool)
-        fresh[ids[new]] = True
-        return kid, fresh
+        new = np.flatnonzero(~known)
+        if new.size:
+            ids[new] = len(self._keys) + np.arange(len(new))
+            by_hash = new[np.argsort(hashes[new])]  # np.insert keeps this order among equals
+            self._hashes = np.insert(self._hashes, at[by_hash], hashes[by_hash])
+            self._hash_ids = np.insert(self._hash_ids, at[by_hash], ids[by_hash])
+            self._keys = np.concatenate((self._keys, keys.canonical(first[new])))
+        return ids, known
 
     def _grow(self, size: int) -> None:
         extra = size - len(self._stream)
@@ -209,9 +202,201 @@ class StreamTracker:
             self._base = np.concatenate((self._base, np.zeros((extra, 2), np.int64)))
 
 
-def _keys(seg: Segments) -> tuple[np.ndarray, np.ndarray]:
-    """The unordered address pair of each segment as 5 uint64 words, and the direction
-    (0 if the source is the lower endpoint)."""
+class _Window:
+    """The segments of one window in pair order, and the questions the rules ask of them
+    (answered for arrays of sorted positions)."""
+
+    def __init__(self, seg: Segments, direction: np.ndarray, groups: Groups) -> None:
+        self.n = len(seg)
+        self.seg = seg
+        self.direction = direction
+        self.groups = groups
+        has_ack = (seg.flags & ACK) != 0
+        # Sorted positions of the segments that set a base, per side, side 1 shifted by
+        # n so that one searchsorted finds the next one of either side.
+        analyzed = seg.analyzed[groups.order]
+        ack_sorted = has_ack[groups.order]
+        dir_sorted = direction[groups.order]
+        self._setters = np.concatenate((
+            np.flatnonzero(analyzed & (ack_sorted | ~dir_sorted)),
+            np.flatnonzero(analyzed & (ack_sorted | dir_sorted)) + self.n,
+            [2 * self.n],  # "none"
+        ))  # fmt: skip
+        self._syn_only = ((seg.flags & (SYN | ACK)) == SYN)[groups.order]
+
+    def group_of(self, position: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.groups.start, position, side="right") - 1
+
+    def side_of(self, position: np.ndarray) -> np.ndarray:
+        return self.direction[self.groups.order[position]].astype(np.int64)
+
+    def seq_of(self, position: np.ndarray) -> np.ndarray:
+        return self.seg.seq[self.groups.order[position]]
+
+    def candidate_positions(self, carried: np.ndarray) -> np.ndarray:
+        """Sorted positions of SYNs without ACK that might start a new conversation: all
+        but the first segment of a pair new in this window (that one opens it anyway)."""
+        q = np.flatnonzero(self._syn_only)
+        opening = self.groups.start[~carried]
+        return q[~np.isin(q, opening, assume_unique=True)]
+
+    def next_setter(self, position: np.ndarray, side: np.ndarray) -> np.ndarray:
+        """The first position at or after `position` whose segment sets the base of
+        `side`; n if none (maybe in a later group: callers compare with their limit)."""
+        shift = side * self.n
+        at = np.searchsorted(self._setters, position + shift)
+        found = self._setters[at] - shift
+        return np.minimum(found, self.n)
+
+    def base_value(self, position: np.ndarray, side: np.ndarray | int) -> np.ndarray:
+        """The base sequence number of `side` that the segment at `position` sets
+        (garbage for position n, "none")."""
+        i = self.groups.order[np.minimum(position, self.n - 1)]
+        seg = self.seg
+        same = self.direction[i] == (side == 1)
+        own = seg.seq[i] - ((seg.flags[i] & SYN) == 0)
+        return np.where(same, own, seg.ack[i] - 1) & MASK32
+
+    def _conversation_start(self, q: np.ndarray, group: np.ndarray, split: np.ndarray) -> np.ndarray:
+        """The last earlier candidate of the same pair that splits; -1 if none."""
+        previous = np.maximum.accumulate(np.where(split, q, -1))
+        previous = np.concatenate(([-1], previous[:-1]))
+        return np.where(previous >= self.groups.start[group], previous, -1)
+
+    def splits(self, syns: Candidates, guess: np.ndarray) -> np.ndarray:
+        """Decisions for candidates (whole pairs, in order) given guessed ones."""
+        began = self._conversation_start(syns.position, syns.group, guess)
+        use_stored = (began < 0) & syns.stored
+        begin = np.where(began < 0, self.groups.start[syns.group], began)
+        setter = self.next_setter(begin, syns.side)
+        has_base = use_stored | (setter < syns.position)
+        base = np.where(use_stored, syns.stored_base, self.base_value(setter, syns.side))
+        return has_base & (syns.seq != base)
+
+    def splits_in_order(self, syns: Candidates) -> np.ndarray:
+        """The same decisions one candidate at a time. A conversation begins at the
+        group start or at a candidate: the bases seen from there are looked up for all
+        of those at once, so the loop only follows the decisions."""
+        starts = self.groups.start[syns.group]
+        from_start = [self._bases_from(starts, side) for side in (0, 1)]
+        from_syn = [self._bases_from(syns.position, side) for side in (0, 1)]
+        split = np.zeros(len(syns), dtype=bool)
+        current_group, began = -1, -1
+        columns = (syns.position, syns.group, syns.side, syns.seq, syns.stored, syns.stored_base)
+        for i, (q, g, side, seq, stored, stored_base) in enumerate(
+            zip(*(column.tolist() for column in columns), strict=True)
+        ):
+            if g != current_group:
+                current_group, began = g, -1
+            if began < 0 and stored:
+                base = stored_base
+            else:
+                setter, base = from_start[side][i] if began < 0 else from_syn[side][began]
+                if setter >= q:
+                    continue  # no base yet: the SYN joins the conversation
+            if seq != base:
+                split[i] = True
+                began = i
+        return split
+
+    def _bases_from(self, position: np.ndarray, side: int) -> list[tuple[int, int]]:
+        """(position, value) of the first segment at or after each position that sets
+        the base of `side`."""
+        setter = self.next_setter(position, np.full(len(position), side))
+        return list(zip(setter.tolist(), self.base_value(setter, side).tolist(), strict=True))
+
+
+def _resolve_splits(window: _Window, syns: Candidates) -> np.ndarray:
+    """Whether each candidate SYN starts a new conversation.
+
+    A SYN's decision depends on where the current conversation began: at the last
+    earlier SYN of its pair that split, or before. Each round decides every SYN as if
+    the previous round's decisions were right; a pair whose decisions reproduce
+    themselves is a fixed point, and the only one, since the first SYN of a pair
+    depends on nothing and each later one only on those before it. Pairs still
+    changing after SPLIT_ROUNDS are decided one SYN at a time."""
+    split = np.ones(len(syns), dtype=bool)  # the first guess: every candidate splits
+    todo = np.arange(len(syns))
+    for _ in range(SPLIT_ROUNDS):
+        if not todo.size:
+            return split
+        decided = window.splits(syns.take(todo), split[todo])
+        moved = decided != split[todo]
+        split[todo] = decided
+        todo = todo[np.isin(syns.group[todo], syns.group[todo[moved]])]
+    if todo.size:
+        split[todo] = window.splits_in_order(syns.take(todo))
+    return split
+
+
+def _group(keys: PairKeys) -> Groups:
+    """Sort segments by pair, stably, with one sort of (hash << bits | position): the
+    hash's low bits make way for the position. Pairs whose shortened hashes collide
+    (rare) are told apart by their full hashes instead."""
+    n = len(keys.hash)
+    bits = max(n.bit_length(), 1)
+    position = np.uint64((1 << bits) - 1)
+    packed = keys.hash & ~position
+    packed |= np.arange(n, dtype=np.uint64)
+    packed.sort()
+    order = (packed & position).astype(np.int64)
+    packed >>= np.uint64(bits)
+    groups = _groups_of(order, packed)
+    if not _one_pair_each(keys, groups):
+        codes, _ = pd.factorize(keys.hash)
+        order = np.argsort(codes, kind="stable")
+        groups = _groups_of(order, codes[order])
+        if not _one_pair_each(keys, groups):
+            raise NativeUnsupported("address-pair hash collision (use tshark for this file)")
+    return groups
+
+
+def _groups_of(order: np.ndarray, sorted_keys: np.ndarray) -> Groups:
+    """Groups of equal consecutive keys (in sorted order)."""
+    start = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
+    start = np.concatenate(([0], start))
+    return Groups(order=order, start=start, end=np.append(start[1:], len(order)))
+
+
+def _one_pair_each(keys: PairKeys, groups: Groups) -> bool:
+    """Whether all segments of each group have the same pair."""
+    opens = np.zeros(len(groups.order), dtype=bool)
+    opens[groups.start] = True
+    for column in keys.words:
+        ranked = column[groups.order]
+        if ((ranked[1:] != ranked[:-1]) & ~opens[1:]).any():
+            return False
+    return True
+
+
+def _pair_keys(seg: Segments) -> PairKeys:
+    v4 = seg.version == 4
+    if v4.all():
+        return _ipv4_keys(seg)
+    return _mixed_keys(seg, v4)
+
+
+def _ipv4_keys(seg: Segments) -> PairKeys:
+    """IPv4 only: each endpoint as one number (address << 16 | port), so the pair is the
+    smaller and the larger of two numbers."""
+    src = _endpoint(seg.src_lo, seg.sport)
+    dst = _endpoint(seg.dst_lo, seg.dport)
+    direction = src > dst
+    low = np.minimum(src, dst)
+    high = np.maximum(src, dst)
+    return PairKeys(hash=_hash2(low, high), direction=direction, words=[low, high], ipv4_only=True)
+
+
+def _endpoint(address: np.ndarray, port: np.ndarray) -> np.ndarray:
+    value = address << np.uint64(16)
+    value |= port.astype(np.uint64)
+    return value
+
+
+def _mixed_keys(seg: Segments, v4: np.ndarray) -> PairKeys:
+    """Any mix of IPv4 and IPv6: the pair as 5 words (version and ports, then the lower
+    endpoint's address halves, then the higher one's); IPv4 pairs hash as in
+    `_ipv4_keys`, so a pair keeps its hash whatever else its window holds."""
     src_first = (seg.src_hi < seg.dst_hi) | (
         (seg.src_hi == seg.dst_hi)
         & ((seg.src_lo < seg.dst_lo) | ((seg.src_lo == seg.dst_lo) & (seg.sport <= seg.dport)))
@@ -223,13 +408,18 @@ def _keys(seg: Segments) -> tuple[np.ndarray, np.ndarray]:
     lo_port = np.where(src_first, seg.sport, seg.dport).astype(np.uint64)
     hi_port = np.where(src_first, seg.dport, seg.sport).astype(np.uint64)
     head = seg.version.astype(np.uint64) | lo_port << np.uint64(8) | hi_port << np.uint64(24)
-    words = np.stack([head, lo_hi, lo_lo, hi_hi, hi_lo], axis=1)
-    return words, (~src_first).astype(np.int64)
+    words = [head, lo_hi, lo_lo, hi_hi, hi_lo]
+    low = _endpoint(lo_lo, lo_port)
+    high = _endpoint(hi_lo, hi_port)
+    six = _hash2(_hash2(low, high) ^ _SIX, _hash2(lo_hi, hi_hi))
+    hashed = np.where(v4, _hash2(low, high), six)
+    return PairKeys(hash=hashed, direction=~src_first, words=words, ipv4_only=False)
 
 
-def _hash(words: np.ndarray) -> np.ndarray:
-    h = np.zeros(len(words), dtype=np.uint64)
-    for column in range(words.shape[1]):
-        h = (h ^ words[:, column]) * _MIX  # wraps modulo 2**64
-        h ^= h >> np.uint64(31)
+def _hash2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A 64-bit mix of two uint64 columns (wrapping multiplications)."""
+    h = a * _MIX
+    h ^= b
+    h *= _MIX
+    h ^= h >> np.uint64(31)
     return h
