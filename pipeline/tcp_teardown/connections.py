@@ -165,7 +165,7 @@ class Split:
 def split_connections(packets: pa.Table) -> Split:
     """Connections of one capture's packet table (schema.PACKETS)."""
     n = packets.num_rows
-    addresses, codes = _address_codes(packets)
+    addresses, codes = address_codes(packets)
     src_ep = codes[:n] * 65536 + _np(packets, "src_port")
     dst_ep = codes[n:] * 65536 + _np(packets, "dst_port")
     del codes
@@ -231,17 +231,18 @@ def split_connections(packets: pa.Table) -> Split:
     return Split(segments, identity)
 
 
-def _address_codes(packets: pa.Table) -> tuple[pa.StringArray, np.ndarray]:
+def address_codes(packets: pa.Table) -> tuple[pa.StringArray, np.ndarray]:
     """The distinct addresses, and each packet's source then destination address as an index
     into them (sources first: length 2n)."""
-    # Encode chunk by chunk, then unify: the address strings are never copied whole.
-    ips = pc.dictionary_encode(pa.chunked_array(
-        packets.column("src_ip").chunks + packets.column("dst_ip").chunks, pa.string()
-    )).unify_dictionaries()
-    if ips.num_chunks == 0:
+    both = pa.chunked_array(packets.column("src_ip").chunks + packets.column("dst_ip").chunks,
+                            packets.schema.field("src_ip").type)
+    if not pa.types.is_dictionary(both.type):
+        both = pc.dictionary_encode(both)
+    both = both.unify_dictionaries()
+    if both.num_chunks == 0:
         return pa.array([], pa.string()), np.zeros(0, np.int64)
-    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in ips.chunks]).astype(np.int64)
-    return ips.chunk(0).dictionary, codes
+    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in both.chunks]).astype(np.int64)
+    return both.chunk(0).dictionary, codes
 
 
 def _by_pair(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,8 @@ import pyarrow as pa
 from tcp_teardown.vocab import CLOSE_VALUES, OPEN_VALUES
 
 LABEL = pa.dictionary(pa.int8(), pa.string())
+# A capture holds few distinct addresses: engines hand them over numbered, each text once.
+ADDRESS = pa.dictionary(pa.int32(), pa.string())
 
 # One row per TCP segment, in capture order. Every engine must produce exactly these
 # columns, with these types, from the raw headers (innermost IP/TCP of encapsulations).
@@ -20,8 +22,8 @@ PACKETS = pa.schema(
         pa.field("frame_number", pa.int64(), nullable=False),  # 1-based, as Wireshark counts
         pa.field("ts", pa.float64(), nullable=False),  # seconds since the epoch
         pa.field("ip_version", pa.int8(), nullable=False),  # 4 or 6
-        pa.field("src_ip", pa.string(), nullable=False),  # text form as tshark prints it
-        pa.field("dst_ip", pa.string(), nullable=False),
+        pa.field("src_ip", ADDRESS, nullable=False),  # text form as tshark prints it
+        pa.field("dst_ip", ADDRESS, nullable=False),
         pa.field("src_port", pa.int32(), nullable=False),
         pa.field("dst_port", pa.int32(), nullable=False),
         pa.field("tcp_flags", pa.int16(), nullable=False),  # the 12 flag bits (FIN=0x001 ...)

@@ -149,15 +149,16 @@ def write_buckets(table: pa.Table, buckets: int, target: Path) -> list[int]:
     bucket = bucket_of(table, buckets)
     order = np.argsort(bucket, kind="stable")
     counts = np.bincount(bucket, minlength=buckets)
+    # One address dictionary for the whole file: an IPC file holds one per column.
+    table = table.unify_dictionaries().combine_chunks()
     ordered = table.take(pa.array(order)) if table.num_rows else table
+    columns = [ordered.column(i).chunk(0) if ordered.column(i).num_chunks else pa.array([], f.type)
+               for i, f in enumerate(PACKETS)]
     tmp = target.with_name(f".{target.name}.tmp")
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, PACKETS, options=IPC_OPTIONS) as writer:
         start = 0
         for count in counts.tolist():
-            piece = ordered.slice(start, count).combine_chunks()
-            writer.write_batch(pa.RecordBatch.from_arrays(
-                [piece.column(i).combine_chunks() if piece.num_rows else pa.array([], f.type)
-                 for i, f in enumerate(PACKETS)], schema=PACKETS))
+            writer.write_batch(pa.RecordBatch.from_arrays([c.slice(start, count) for c in columns], schema=PACKETS))
             start += count
     tmp.replace(target)
     return counts.tolist()

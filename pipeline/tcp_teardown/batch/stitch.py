@@ -34,7 +34,7 @@ from tcp_teardown.analysis import analyze_packets
 from tcp_teardown.batch import dataset
 from tcp_teardown.batch.chunks import FRAME_MASK, IPC_OPTIONS, MEMBER_SHIFT, read_buckets
 from tcp_teardown.batch.manifest import Part
-from tcp_teardown.connections import pair_codes
+from tcp_teardown.connections import address_codes, pair_codes
 from tcp_teardown.facts import Params
 from tcp_teardown.schema import CONNECTIONS, FRAMES, PACKETS
 
@@ -63,9 +63,7 @@ def conversation_openers(table: pa.Table, members: frozenset[int]) -> tuple[pa.T
         return table, np.zeros(0, np.int64)
     sub = table.take(pa.array(rows))
     key = keys[rows]
-    ips = pc.dictionary_encode(pa.chunked_array(sub.column("src_ip").chunks + sub.column("dst_ip").chunks,
-                                                pa.string())).unify_dictionaries()
-    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in ips.chunks]).astype(np.int64)
+    _, codes = address_codes(sub)
     n = len(rows)
     src = codes[:n] * 65536 + sub.column("src_port").to_numpy().astype(np.int64)
     dst = codes[n:] * 65536 + sub.column("dst_port").to_numpy().astype(np.int64)

@@ -5,27 +5,28 @@ from __future__ import annotations
 import socket
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 _OCTETS = pa.array([str(i) for i in range(256)], type=pa.string())
 
 
-def ip_text(version: np.ndarray, hi: np.ndarray | None, lo: np.ndarray) -> pa.Array:
-    """Text of each address: IPv4 dotted quad; IPv6 as glibc's inet_ntop writes it, which
-    is what tshark prints (RFC 5952 compression, and a dotted quad for the last 32 bits
-    of IPv4-mapped and IPv4-compatible addresses). `hi` None: every address is IPv4."""
+def ip_text(version: np.ndarray, hi: np.ndarray | None, lo: np.ndarray) -> pa.DictionaryArray:
+    """Text of each address, dictionary-encoded (each distinct address written once).
+
+    IPv4 as a dotted quad; IPv6 as glibc's inet_ntop writes it, which is what tshark
+    prints (RFC 5952 compression, and a dotted quad for the last 32 bits of IPv4-mapped
+    and IPv4-compatible addresses). `hi` None: every address is IPv4."""
     if hi is None:
-        index, four = pd.factorize(lo)
-        return _dotted(np.asarray(four)).take(pa.array(index))
+        index, four = factorize(lo)
+        return pa.DictionaryArray.from_arrays(pa.array(index.astype(np.int32)), _dotted(np.asarray(four)))
     v4 = version == 4
     index = np.empty(len(version), dtype=np.int64)
-    four_index, four = pd.factorize(lo[v4])
+    four_index, four = factorize(lo[v4])
     index[v4] = four_index
-    six_hi_index, six_hi = pd.factorize(hi[~v4])
-    six_lo_index, six_lo = pd.factorize(lo[~v4])
-    six_index, six = pd.factorize(six_hi_index * max(len(six_lo), 1) + six_lo_index)
+    six_hi_index, six_hi = factorize(hi[~v4])
+    six_lo_index, six_lo = factorize(lo[~v4])
+    six_index, six = factorize(six_hi_index * max(len(six_lo), 1) + six_lo_index)
     index[~v4] = len(four) + six_index
     six_text = [
         socket.inet_ntop(socket.AF_INET6, int(a).to_bytes(8, "big") + int(b).to_bytes(8, "big"))
@@ -36,7 +37,13 @@ def ip_text(version: np.ndarray, hi: np.ndarray | None, lo: np.ndarray) -> pa.Ar
         )
     ]
     dictionary = pa.concat_arrays([_dotted(np.asarray(four)), pa.array(six_text, pa.string())])
-    return dictionary.take(pa.array(index))
+    return pa.DictionaryArray.from_arrays(pa.array(index.astype(np.int32)), dictionary)
+
+
+def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of the values and the distinct values (first-seen order), hashed by Arrow."""
+    encoded = pc.dictionary_encode(pa.array(values))
+    return encoded.indices.to_numpy().astype(np.int64), encoded.dictionary.to_numpy()
 
 
 def _dotted(addresses: np.ndarray) -> pa.Array:

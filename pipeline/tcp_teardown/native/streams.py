@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
+from tcp_teardown.native.addresses import factorize
 from tcp_teardown.native.decode import Segments
 from tcp_teardown.native.errors import NativeUnsupported
 
@@ -343,7 +343,7 @@ def _group(keys: PairKeys) -> Groups:
     packed >>= np.uint64(bits)
     groups = _groups_of(order, packed)
     if not _one_pair_each(keys, groups):
-        codes, _ = pd.factorize(keys.hash)
+        codes, _ = factorize(keys.hash)
         order = np.argsort(codes, kind="stable")
         groups = _groups_of(order, codes[order])
         if not _one_pair_each(keys, groups):
