@@ -56,8 +56,10 @@ def analyze(
     from tcp_teardown.api import analyze_tables
     from tcp_teardown.facts import Params
     from tcp_teardown.ingest import sniff
+    from tcp_teardown.memory import keep_for_reuse
     from tcp_teardown.output import prepare_out_dir
 
+    keep_for_reuse()  # this process analyzes once and exits
     try:
         for capture in captures:
             sniff(capture)
