@@ -128,8 +128,8 @@ def _frames(lab: Labelled, ident: Identity, file: str) -> pa.Table:
         "frame_number": keys.frame[order],
         "flow_id": _text(ident.flow_id[conn]),
         "tcp_stream": _nullable(ident.tcp_stream[conn]),
-        "roles": keys.roles.permuted(order).named(len(order), evidence.role_names()),
-        "labels": keys.labels.permuted(order).named(len(order), evidence.LABEL_NAMES),
+        "roles": keys.roles.named_in_order(order, evidence.role_names()),
+        "labels": keys.labels.named_in_order(order, evidence.LABEL_NAMES),
     }
     return _table(columns, FRAMES)
 

@@ -6,6 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+
+# Packing a list of codes into one int64: 6 bits a code (+1, so 0 ends the list), 10 codes.
+_BITS = 6
+_DIGIT = 1 << _BITS
+_DIGITS = 63 // _BITS
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,24 @@ class Grouped:
 
     def to_arrow(self, count: int, value_type: pa.DataType) -> pa.ListArray:
         return grouped_list(self.groups, self.values, count, value_type)
+
+    def named_in_order(self, order: np.ndarray, names: list[str] | tuple[str, ...]) -> pa.ListArray:
+        """`self.permuted(order).named(...)` for short lists of few distinct combinations
+        (the roles and labels of key frames): each group's list is packed into one integer,
+        the distinct lists are named once, and rows take theirs, with no per-value work."""
+        count = len(order)
+        sizes = self.sizes(count)
+        starts = np.cumsum(sizes) - sizes
+        position = np.arange(len(self.groups)) - starts[self.groups]
+        if len(names) >= _DIGIT or (len(position) and position.max() >= _DIGITS) or (sizes == 0).any():
+            return self.permuted(order).named(count, names)
+        digits = (self.values.astype(np.int64) + 1) << (position * _BITS)
+        packed = np.add.reduceat(digits, starts) if count else np.zeros(0, np.int64)
+        combination = pc.dictionary_encode(pa.array(packed[order]))
+        distinct = combination.dictionary.to_numpy()
+        lists = [[names[(int(code) >> (i * _BITS)) % _DIGIT - 1] for i in range(_DIGITS)
+                  if (int(code) >> (i * _BITS)) % _DIGIT] for code in distinct]
+        return pa.array(lists, pa.list_(pa.string())).take(combination.indices)
 
     def named(self, count: int, names: list[str] | tuple[str, ...]) -> pa.ListArray:
         """Lists of text from lists of codes into `names`."""
