@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import heapq
 import itertools
 import logging
@@ -144,7 +145,8 @@ class PoolBackend:
         self.executor = self._new()
 
     def _new(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.slots, mp_context=get_context("spawn"), initializer=_worker_init)
+        with signals_deferred():
+            return ProcessPoolExecutor(self.slots, mp_context=get_context("spawn"), initializer=_worker_init)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         return self.executor.submit(fn, *args)
@@ -162,12 +164,30 @@ class PoolBackend:
         self.executor = self._new()
 
     def close(self, abort: bool = False) -> None:
-        if abort:
-            # Ctrl-C: do not wait for running captures; what they wrote is swept next run.
-            for process in list(getattr(self.executor, "_processes", {}).values()):
-                with contextlib.suppress(OSError):
-                    process.kill()
-        self.executor.shutdown(wait=not abort, cancel_futures=True)
+        # Not interruptible: a Ctrl-C here would leave the pool's queues behind, and
+        # multiprocessing's resource tracker would then print "leaked semaphore" warnings
+        # after our one line on stderr. The signal takes effect as soon as this is done.
+        with signals_deferred():
+            if abort:
+                # Ctrl-C: do not wait for running captures; what they wrote is swept next run.
+                for process in list(getattr(self.executor, "_processes", {}).values()):
+                    with contextlib.suppress(OSError):
+                        process.kill()
+            # Quick once the workers are dead; then the queues are freed (semaphores unlinked).
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            del self.executor
+            gc.collect()
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block has ended, then take effect."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextlib.contextmanager
