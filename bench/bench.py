@@ -2,6 +2,7 @@
 
     python bench/bench.py [--capture FILE] [--packets 2000000] [--workdir /tmp/tcp-teardown-bench]
                           [--tshark-packets 500000] [--cores 0] [--repeat 3]
+                          [--nfstream-python PY]
 
 Everything runs in one go on the same capture, each tool as its own process pinned to one
 core (`taskset`), and the table prints packets/s, peak RSS and the ratios against bare
@@ -114,6 +115,7 @@ def main() -> int:
     parser.add_argument("--tshark-packets", type=int, default=500_000)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tcp-teardown-bench")
     parser.add_argument("--cores", default="0", help="CPU list for taskset (one core by default)")
+    parser.add_argument("--nfstream-python", help="a Python that has NFStream (default: this one)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of each fast command (our native engine, tcptrace); the best counts")
     args = parser.parse_args()
@@ -151,13 +153,13 @@ def main() -> int:
         rows.append(measure("tcptrace -n", ["tcptrace", "-n", str(capture)], total, args.cores, args.repeat))
     else:
         print("tcptrace not installed (apt-get install tcptrace): row skipped", file=sys.stderr)
-    try:
-        import nfstream  # noqa: F401
-
+    nfstream_python = args.nfstream_python or sys.executable
+    probe = subprocess.run([nfstream_python, "-c", "import nfstream"], capture_output=True, check=False)
+    if probe.returncode == 0:
         code = f"import nfstream; nfstream.NFStreamer(source={str(capture)!r}, n_meters=1).to_pandas()"
-        rows.append(measure("NFStream", [sys.executable, "-c", code], total, args.cores))
-    except ImportError:
-        print("NFStream not installed (pip install nfstream): row skipped", file=sys.stderr)
+        rows.append(measure("NFStream", [nfstream_python, "-c", code], total, args.cores))
+    else:
+        print("NFStream not installed (pip install nfstream, or --nfstream-python PY): row skipped", file=sys.stderr)
     base = next(r for r in rows if r["name"].startswith("bare tshark"))
     trace = next((r for r in rows if r["name"].startswith("tcptrace")), None)
     print(f"capture: {capture} ({total} packets; tshark rows on the first {sample_packets}); "
