@@ -58,3 +58,25 @@ def test_batches_hold_the_rows_in_order(monkeypatch: pytest.MonkeyPatch, size: i
     assert table.column("ip_id").is_null().to_numpy(zero_copy_only=False).tolist() == six.tolist()
     src = table.column("src_ip").to_pylist()
     assert all((":" in text) == bool(v6) for text, v6 in zip(src, six, strict=True))
+
+
+def test_parts_made_in_room_equal_parts_copied_in() -> None:
+    """A part written straight into the buffer's `room` (as the reader decodes) makes the
+    same batch as the part copied in; room is only offered for parts that fit the batch."""
+    rng = np.random.default_rng(5)
+    parts, first = [], 1
+    for rows in (300, 1, 4000):
+        parts.append(random_part(rng, rows, first, ipv6=False))
+        first += rows
+    copied = batches_of(parts, 10**9, 10**6)
+    rows = RowBuffer(10**9)
+    rows.expected = 10**6
+    for part in parts:
+        room = rows.room(len(part["frame_number"]))
+        assert room is not None
+        for name, values in part.items():
+            room[name][: len(values)] = values
+        made = {name: room[name][: len(values)] for name, values in part.items()}
+        assert rows.add(made, 0) == len(part["frame_number"])
+    assert rows.batch().equals(copied[0])
+    assert RowBuffer(10).room(11) is None

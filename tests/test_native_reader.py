@@ -591,3 +591,49 @@ def test_chained_record_walk_equals_sequential(tmp_path: Path) -> None:
         expected.append(expected[-1] + 16 + len(frame))
     assert walk.offsets.tolist() == expected
     assert walk.end == views.n
+
+
+def walk_layout(frames: Sequence[bytes], tmp_path: Path,
+                bad_at: int | None = None) -> tuple[Views, chains.RecordLayout]:  # fmt: skip
+    """The record layout of a pcap of `frames` (the record `bad_at`, if given, claims
+    more bytes than Wireshark takes for a record)."""
+    path = write_pcap(tmp_path / "walk.pcap", frames)
+    data = bytearray(path.read_bytes()[pcap.HEADER :])
+    if bad_at is not None:
+        at = sum(16 + len(frame) for frame in frames[:bad_at])
+        struct.pack_into("<II", data, at + 8, 300_000, 300_000)
+    views = Views(np.frombuffer(bytes(data), dtype=np.uint8))
+    return views, pcap._layout(pcap.parse_header(path.read_bytes()[:24]), views)
+
+
+@pytest.mark.parametrize("case", ["big then tiny", "bad record", "cut mid-record"])
+def test_chained_walk_matches_the_sequential_walk(tmp_path: Path, case: str) -> None:
+    """Chains of very unequal lengths (large packets, whose average sets the chain span,
+    then tiny ones), a damaged record in the middle, a window that ends inside a record:
+    the chained walk finds what the one-record-at-a-time walk finds, and stops there too."""
+    rng = np.random.default_rng(7)
+    sizes = [1514] * 3000 + [54] * 60000 if case == "big then tiny" else list(rng.integers(54, 1514, 40000))
+    frames = [rng.integers(0, 256, int(size), dtype=np.uint8).tobytes() for size in sizes]
+    views, layout = walk_layout(frames, tmp_path, bad_at=25000 if case == "bad record" else None)
+    n = views.n - 700 if case == "cut mid-record" else views.n
+    walk = chains.walk_records(layout, n, 0)
+    expected = chains._sequential(layout, n, 0, None)
+    assert walk.offsets.tolist() == expected.offsets.tolist()
+    assert (walk.end, walk.status) == (expected.end, expected.status)
+    assert walk.status == ("bad" if case == "bad record" else "more")
+
+
+def test_record_header_times_equal_the_general_formula() -> None:
+    """The pcap record header's float64 shortcut for microsecond timestamps gives the same
+    floats as `timestamps` (exact integer ticks, one division), for any 32-bit fields."""
+    rng = np.random.default_rng(3)
+    fields = np.dtype([("seconds", "<u4"), ("fraction", "<u4")])
+    head = np.zeros(100_000, dtype=fields)
+    head["seconds"] = rng.integers(0, 2**32, len(head), dtype=np.uint64)
+    head["fraction"] = np.where(rng.random(len(head)) < 0.5, rng.integers(0, 10**6, len(head)),
+                                rng.integers(0, 2**32, len(head), dtype=np.uint64))  # fmt: skip
+    for per_second in (1_000_000, 1_000_000_000):
+        fast = np.empty(len(head))
+        pcap._RecordHeader(fields, per_second).timestamps(head, fast)
+        expected = pcap.timestamps(head["seconds"], head["fraction"], per_second)
+        assert fast.tobytes() == expected.tobytes()

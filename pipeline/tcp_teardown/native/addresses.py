@@ -18,8 +18,9 @@ def ip_text(version: np.ndarray, hi: np.ndarray | None, lo: np.ndarray) -> pa.Di
     prints (RFC 5952 compression, and a dotted quad for the last 32 bits of IPv4-mapped
     and IPv4-compatible addresses). `hi` None: every address is IPv4."""
     if hi is None:
-        index, four = factorize(lo)
-        return pa.DictionaryArray.from_arrays(pa.array(index.astype(np.int32)), _dotted(np.asarray(four)))
+        encoded = pc.dictionary_encode(pa.array(lo))  # int32 indices, as the schema's
+        # (safe=False: indices from dictionary_encode need no range check)
+        return pa.DictionaryArray.from_arrays(encoded.indices, _dotted(encoded.dictionary.to_numpy()), safe=False)
     v4 = version == 4
     index = np.empty(len(version), dtype=np.int64)
     four_index, four = factorize(lo[v4])

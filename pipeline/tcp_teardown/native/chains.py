@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tcp_teardown.native.views import blocks
+
 IntArray = np.ndarray
 
 # Below this many bytes a plain sequential loop is cheaper than setting up chains.
@@ -127,32 +129,18 @@ def _prefilter_hits(layout: RecordLayout, rows: IntArray, width: int, n: int) ->
     p_parts: list[IntArray] = []
     index = np.flatnonzero(whole)
     if index.size:
-        spacing = np.diff(rows[index])
-        even = index.size > 1 and bool((spacing == spacing[0]).all())
-        hit = None
-        for view, byte, mask, low, span in tests:
-            # A strided view when the rows are evenly spaced (no copy at all), else one
-            # copy of each row out of a sliding-window view.
-            item = view.strides[0]
-            if even:
-                grid = np.lib.stride_tricks.as_strided(
-                    view[rows[index[0]] + byte :],
-                    shape=(index.size, width // step),
-                    strides=(int(spacing[0]) * item, step * item),
-                    writeable=False,
-                )
-            else:
-                sliding = np.lib.stride_tricks.sliding_window_view(view[byte:], width)
-                grid = sliding[rows[index]][:, ::step]
-            kind = view.dtype.type
-            if mask is not None:
-                grid = grid & kind(mask)
-            test = (grid - kind(low)) <= kind(span)
-            hit = test if hit is None else hit & test
-        assert hit is not None
-        r, c = np.nonzero(hit)
-        r_parts.append(index[r])
-        p_parts.append(rows[index[r]] + c * step)
+        # The first test (a one-byte one if there is one: cheapest) on every offset of
+        # the rows, the others only where it passed.
+        tests = sorted(layout.prefilter, key=lambda test: test[0].itemsize)
+        view, byte, mask, low, span = tests[0]
+        r, c = np.nonzero(_passes(_grid(view, byte, rows[index], width, step), mask, low, span))
+        r = index[r]
+        positions = rows[r] + c * step
+        for view, byte, mask, low, span in tests[1:]:
+            ok = _passes(view[positions + byte], mask, low, span)
+            r, positions = r[ok], positions[ok]
+        r_parts.append(r)
+        p_parts.append(positions)
     for i in np.flatnonzero(~whole).tolist():  # the last rows of the window
         hit_row = np.arange(rows[i], min(rows[i] + width, n - layout.header + 1), step)
         r_parts.append(np.full(len(hit_row), i))
@@ -162,6 +150,31 @@ def _prefilter_hits(layout: RecordLayout, rows: IntArray, width: int, n: int) ->
     # Rows ascend (the rows that run past the window end are the last ones), and so do
     # positions within a row.
     return np.vstack((r, positions))
+
+
+def _grid(view: np.ndarray, byte: int, rows: IntArray, width: int, step: int) -> np.ndarray:
+    """view[row + byte + k * step] for k < width // step, one row per row start."""
+    item = view.strides[0]
+    spacing = np.diff(rows)
+    if len(rows) > 1 and not (spacing == spacing[0]).all():
+        # one copy of each row out of a sliding-window view
+        sliding = np.lib.stride_tricks.sliding_window_view(view[byte:], width)
+        return sliding[rows][:, ::step]
+    # evenly spaced rows: a strided view, no copy at all
+    return np.lib.stride_tricks.as_strided(
+        view[rows[0] + byte :],
+        shape=(len(rows), width // step),
+        strides=(int(spacing[0]) * item if len(rows) > 1 else 0, step * item),
+        writeable=False,
+    )
+
+
+def _passes(values: np.ndarray, mask: int | None, low: int, span: int) -> np.ndarray:
+    """(values & mask) - low <= span, wrapping in the values' unsigned type."""
+    kind = values.dtype.type
+    if mask is not None:
+        values = values & kind(mask)
+    return (values - kind(low)) <= kind(span)
 
 
 def _guesses(layout: RecordLayout, n: int, nominal: IntArray, span: IntArray, average: float) -> IntArray:
@@ -222,53 +235,8 @@ def _parallel(layout: RecordLayout, n: int, start: int, average: float) -> tuple
     guessed = _guesses(layout, n, nominal, np.full(len(nominal), span), average)
     starts = np.concatenate(([start], guessed[guessed >= 0])).astype(np.int64)
     ends = np.append(starts[1:], n)
-
-    # Every position each chain visits, chain by chain. Chains run CHECK_EVERY steps
-    # between looks at whether they passed their end or the window's; positions visited
-    # past those are sorted out afterwards, so a step is only a gather and two adds.
-    visited: list[IntArray] = []
-    owner: list[IntArray] = []
-    step_of: list[int] = []  # the step (record index within its chain) of each visit
-    ids = np.arange(len(starts))
-    position = starts.copy()
-    end = ends.copy()
-    last_header = n - layout.header
-    advance = layout.advance
-    step = 0
-    while ids.size:
-        for _ in range(CHECK_EVERY):
-            visited.append(position)
-            owner.append(ids)
-            step_of.append(step)
-            position = advance(position)
-            step += 1
-        going = (position < end) & (position <= last_header)
-        if not going.all():
-            # A chain's last visit: past its end, or past the window.
-            visited.append(position[~going])
-            owner.append(ids[~going])
-            step_of.append(step)
-            ids, position, end = ids[going], position[going], end[going]
-
-    # Lay the visits out chain by chain (no sort needed: a chain's visits are its steps).
-    chain = np.concatenate(owner)
-    count = np.bincount(chain, minlength=len(starts))
-    first = np.concatenate(([0], np.cumsum(count)[:-1]))
-    steps = np.repeat(np.array(step_of), [len(v) for v in visited])
-    pos = np.empty(len(chain), dtype=np.int64)
-    pos[first[chain] + steps] = np.concatenate(visited)
-    chain = np.repeat(np.arange(len(starts)), count)
-    # A visit is a complete record if its header fits and the next visit (where the
-    # record ends) is inside the window; a chain's last visit never is one.
-    last_of_chain = np.zeros(len(pos), dtype=bool)
-    last_of_chain[first + count - 1] = True
-    complete = (pos <= last_header) & ~last_of_chain
-    complete[:-1] &= pos[1:] <= n
-    # Where each chain stopped: its first visit at or past its end, or that is not a
-    # complete record, whichever comes first.
-    stops = np.flatnonzero(~complete | (pos >= ends[chain]))
-    stop_index = stops[np.searchsorted(stops, first)]
-    first_stop = pos[stop_index]
+    chains = _follow(layout, n, starts, ends)
+    first_stop = chains.stop
     incomplete = first_stop < ends
 
     # Chains are confirmed in order: each must start where the previous one stopped,
@@ -278,11 +246,7 @@ def _parallel(layout: RecordLayout, n: int, start: int, average: float) -> tuple
     if incomplete[:cut].any():
         cut = int(np.argmax(incomplete[:cut])) + 1
     finished = cut == len(starts) or bool(incomplete[cut - 1])
-    # the records of the confirmed chains: [first, stop_index) of each (ranges disjoint)
-    edges = np.zeros(len(pos) + 1, dtype=np.int64)
-    np.add.at(edges, first[:cut], 1)
-    np.add.at(edges, stop_index[:cut], -1)
-    found = pos[np.cumsum(edges[:-1]) > 0]  # ascending: chain by chain
+    found = chains.records_of_first(cut)  # ascending: chain by chain
     end_at = int(first_stop[cut - 1])
     # Malformed and stop records are looked for once, on the confirmed records only.
     if found.size:
@@ -295,9 +259,105 @@ def _parallel(layout: RecordLayout, n: int, start: int, average: float) -> tuple
     return found, end_at, "more", finished
 
 
+@dataclass
+class _Run:
+    """Consecutive steps during which the same chains were walking."""
+
+    chains: IntArray  # the chains (ascending)
+    first_step: int
+    positions: list[IntArray]  # each step's positions of those chains
+
+
+@dataclass
+class _Chains:
+    """What a set of chains visited, and where each stopped."""
+
+    runs: list[_Run]
+    visits: IntArray  # how many positions each chain visited (step 0 on, one a step)
+    records: IntArray  # how many of those (the first ones) are complete records before its end
+    stop: IntArray  # the visit after those: where the chain stopped
+
+    def records_of_first(self, count: int) -> IntArray:
+        """The records of chains [0, count), chain by chain (a transpose of the steps)."""
+        width = int(self.visits[:count].max())
+        if count * width > 2 * int(self.visits[:count].sum()):
+            return self._scattered(count)  # chains of very unequal lengths
+        # One row per chain, one column per step: each run is one transposing copy.
+        grid = np.empty((count, width), dtype=np.int64)
+        for run in self.runs:
+            walking = int(np.searchsorted(run.chains, count))  # chains are ascending
+            if walking and run.positions:
+                steps = slice(run.first_step, run.first_step + len(run.positions))
+                grid[run.chains[:walking], steps] = np.stack(run.positions)[:, :walking].T
+        return grid[np.arange(width) < self.records[:count, None]]
+
+    def _scattered(self, count: int) -> IntArray:
+        """`records_of_first` for chains of any lengths: each visit to its own slot."""
+        slot = np.zeros(len(self.visits) + 1, dtype=np.int64)
+        np.cumsum(self.visits, out=slot[1:])  # first slot of each chain's visits
+        laid_out = np.empty(int(slot[-1]), dtype=np.int64)
+        for run in self.runs:
+            if run.positions:
+                at = slot[run.chains] + run.first_step
+                steps = np.arange(len(run.positions))[:, None]
+                laid_out[(at + steps).ravel()] = np.stack(run.positions).ravel()
+        # Drop each chain's visits from where it stopped (a few per chain).
+        extra = self.visits - self.records
+        tail = np.repeat(slot[:-1] + self.records - np.cumsum(extra) + extra, extra)
+        tail += np.arange(len(tail))
+        keep = np.ones(len(laid_out), dtype=bool)
+        keep[tail] = False
+        limit = int(slot[count])
+        return laid_out[:limit][keep[:limit]]
+
+
+def _follow(layout: RecordLayout, n: int, starts: IntArray, ends: IntArray) -> _Chains:
+    """Walk a chain from each start until it passes its end or the window's.
+
+    Chains run CHECK_EVERY steps between looks at which are done, so a step is only a
+    gather and two adds; a chain's last few visits are sorted out when it is done."""
+    count = len(starts)
+    visits = np.empty(count, dtype=np.int64)
+    records = np.empty(count, dtype=np.int64)
+    stop = np.empty(count, dtype=np.int64)
+    last_header = n - layout.header
+    advance = layout.advance
+    runs: list[_Run] = []
+    run = _Run(np.arange(count), 0, [starts])
+    position, end = starts, ends
+    checked = starts  # the positions at the last look
+    step = 0
+    while run.chains.size:
+        for _ in range(CHECK_EVERY):
+            position = advance(position)
+            run.positions.append(position)
+        step += CHECK_EVERY
+        going = (position < end) & (position <= last_header)
+        if not going.all():
+            done = ~going
+            # Before the last look every visit of a done chain was a complete record
+            # before its end; its stop is among the visits since.
+            recent = np.stack([checked[done]] + [p[done] for p in run.positions[-CHECK_EVERY:]])
+            stops = (recent >= end[done]) | (recent > last_header)
+            stops[:-1] |= recent[1:] > n  # the record runs past the window
+            stops[-1] = True  # where the chain ended up (its length is not known)
+            first = np.argmax(stops, axis=0)
+            ids = run.chains[done]
+            records[ids] = step - CHECK_EVERY + first
+            stop[ids] = recent[first, np.arange(len(ids))]
+            visits[ids] = step + 1
+            runs.append(run)
+            position, end = position[going], end[going]
+            run = _Run(run.chains[going], step + 1, [])
+        checked = position
+    return _Chains(runs, visits, records, stop)
+
+
 def _first_problem(layout: RecordLayout, found: IntArray, end: int) -> tuple[int, str] | None:
     """Index and kind ("bad"/"stop") of the first malformed or stop record, if any.
     (`end`: where the last record ends; lengths are the gaps between records.)"""
+    if layout.sane is None and layout.stop is None and _longest(found, end) <= layout.max_length:
+        return None  # (the common case, without window-sized temporaries)
     lengths = np.diff(found, append=end)  # records are back to back
     problem = lengths > layout.max_length
     if layout.sane is not None:
@@ -309,6 +369,14 @@ def _first_problem(layout: RecordLayout, found: IntArray, end: int) -> tuple[int
         return None
     first = int(np.argmax(problem))
     return first, "stop" if stop is not None and stop[first] else "bad"
+
+
+def _longest(found: IntArray, end: int) -> int:
+    """The longest of the records at `found` (back to back, the last ending at `end`)."""
+    longest = end - int(found[-1])
+    for part in blocks(len(found) - 1):
+        longest = max(longest, int(np.subtract(found[part.start + 1 : part.stop + 1], found[part]).max()))
+    return longest
 
 
 def _stops_at(layout: RecordLayout, n: int, position: int) -> bool:

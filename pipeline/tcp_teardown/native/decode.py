@@ -16,7 +16,7 @@ from tcp_teardown.native import frames as fr
 from tcp_teardown.native import link, tunnels
 from tcp_teardown.native.frames import Frames
 from tcp_teardown.native.ip import IPV4_HEADER, IPPackets, header_fields, parse_ip
-from tcp_teardown.native.views import Views
+from tcp_teardown.native.views import Views, blocks
 
 TCP = 6
 ICMP = 1
@@ -66,6 +66,7 @@ class Segments:
     window: np.ndarray  # int32
     ttl: np.ndarray  # int16
     ip_id: np.ndarray  # int32 (IPv6: 0)
+    ts: np.ndarray  # float64 the frame's time
 
     def take(self, index: np.ndarray) -> Segments:
         if index.dtype == bool and index.all():
@@ -82,17 +83,31 @@ class Segments:
         return len(self.frame)
 
 
+# Columns (by Segments name) of the space a caller offers for the rows; see `in_room`.
+Room = dict[str, np.ndarray]
+
+
+def in_room(room: Room | None, name: str, rows: int, dtype: type) -> np.ndarray:
+    """A column of `rows` rows: in `room` if it has one of that name and type, else new."""
+    if room is not None and name in room and room[name].dtype == dtype:
+        return room[name][:rows]
+    return np.empty(rows, dtype)
+
+
 SEGMENT_TYPES = {
     "frame": np.int64, "row": bool, "analyzed": bool, "version": np.int8,
     "src_hi": np.uint64, "src_lo": np.uint64, "dst_hi": np.uint64, "dst_lo": np.uint64,
     "sport": np.int32, "dport": np.int32, "flags": np.int16, "seq": np.int64, "ack": np.int64,
-    "payload": np.int32, "window": np.int32, "ttl": np.int16, "ip_id": np.int32,
+    "payload": np.int32, "window": np.int32, "ttl": np.int16, "ip_id": np.int32, "ts": np.float64,
 }  # fmt: skip
 
 
-def decode(frames: Frames) -> Segments:
-    """The TCP segments of `frames`; raises NativeUnsupported on tunnelled TCP."""
-    plain, rest = _plain_tcp(frames)
+def decode(frames: Frames, room: Room | None = None) -> Segments:
+    """The TCP segments of `frames`; raises NativeUnsupported on tunnelled TCP.
+
+    `room`: arrays of at least len(frames) rows that columns of the segments may be
+    made in (the caller's row buffer), so that they need not be copied there."""
+    plain, rest = _plain_tcp(frames, room)
     if not len(rest):
         return plain
     general = _general(frames, rest)
@@ -123,8 +138,8 @@ def _general(frames: Frames, which: np.ndarray) -> Segments:
         allow_v4=code[ip_frames] == link.IP,
     )
     usable = ~packets.later_fragment
-    direct = _tcp(views, packets.take(usable & (packets.proto == TCP)), quoted=False)
-    quoted = _icmp_quotes(views, packets.take(usable))
+    direct = _tcp(views, packets.take(usable & (packets.proto == TCP)), frames.ts, quoted=False)
+    quoted = _icmp_quotes(views, packets.take(usable), frames.ts)
 
     other = np.flatnonzero(code == link.OTHER)
     frame_numbers = frames.first_frame + which
@@ -137,7 +152,7 @@ def _general(frames: Frames, which: np.ndarray) -> Segments:
     return segments
 
 
-def _plain_tcp(frames: Frames) -> tuple[Segments, np.ndarray]:
+def _plain_tcp(frames: Frames, room: Room | None = None) -> tuple[Segments, np.ndarray]:
     """The segments of frames whose link layer has a fixed size (Ethernet without tags,
     raw IP) and is followed by a plain IPv4 header (no options, not a later fragment)
     with TCP's first 16 bytes captured; and the other frames, for `_general`.
@@ -151,7 +166,8 @@ def _plain_tcp(frames: Frames) -> tuple[Segments, np.ndarray]:
     for link_type in links:
         if link_type in PLAIN_LINKS:
             which = None if len(links) == 1 else np.flatnonzero(frames.link == link_type)
-            parts.append(_plain_link(frames, which, *PLAIN_LINKS[link_type]))
+            # Frames of one link type only: their segments may be rows in frame order.
+            parts.append(_plain_link(frames, which, *PLAIN_LINKS[link_type], room if which is None else None))
     if not parts:
         return Segments.concat([]), np.arange(len(frames))
     plain = parts[0] if len(parts) == 1 else Segments.concat(parts)
@@ -170,80 +186,120 @@ def _link_types(links: np.ndarray) -> list[int]:
     return np.unique(links).tolist()
 
 
-def _plain_link(frames: Frames, which: np.ndarray | None, size: int, ethertype_at: int | None) -> Segments:
+def _plain_link(frames: Frames, which: np.ndarray | None, size: int, ethertype_at: int | None,
+                room: Room | None = None) -> Segments:
     """`_plain_tcp` for frames `which` (None: all) of one link type (header `size`
     bytes, the ethertype, which must be IPv4's, at `ethertype_at`)."""
-    layout = _plain_layout(size, ethertype_at)
-    data, caplen, wirelen = frames.data, frames.caplen, frames.wirelen
+    # A record header the format reader left unread (pcap's) comes in the same gather.
+    record = frames.record if frames.known_wirelen is None else None
+    before = 0 if record is None else record.fields.itemsize
+    layout = _plain_layout(size, ethertype_at, None if record is None else record.fields)
+    data, caplen = frames.data, frames.caplen
     if which is not None:
-        data, caplen, wirelen = data[which], caplen[which], wirelen[which]
-    fits = caplen >= layout.itemsize
+        data, caplen = data[which], caplen[which]
+    fits = caplen >= layout.itemsize - before
     if not fits.all():
         which = np.flatnonzero(fits) if which is None else which[fits]
-        data, caplen, wirelen = data[fits], caplen[fits], wirelen[fits]
+        data, caplen = data[fits], caplen[fits]
     if which is None:
         which = np.arange(len(frames))
-    head = frames.views.gather(data, layout)
+    columns = {name: in_room(room, name, len(which), dtype) for name, dtype in PLAIN_COLUMNS.items()}
+    for part in blocks(len(which)):
+        head = frames.views.gather(data[part] - before, layout)
+        fields = {name: column[part] for name, column in columns.items()}
+        if record is None:
+            wirelen = frames.wirelen[which[part]]
+            np.take(frames.ts, which[part], out=fields["ts"])
+        else:
+            wirelen = head["wirelen"]
+            record.timestamps(head, fields["ts"])
+        _plain_fields(head, caplen[part], wirelen, size, ethertype_at is not None, fields)
+    ok = columns.pop("ok")
+    if not ok.all():
+        which = which[ok]
+        columns = {name: column[ok] for name, column in columns.items()}
+    version = in_room(room, "version", len(which), np.int8)
+    version.fill(4)
+    zeros = np.broadcast_to(np.uint64(0), (len(which),))  # IPv4: no high halves
+    return Segments(frame=which, version=version, src_hi=zeros, dst_hi=zeros, **columns)
+
+
+# What `_plain_fields` writes for each frame: whether it is a plain TCP segment, and the
+# Segments columns (in their types).
+PLAIN_COLUMNS = {
+    "ok": bool, "row": bool, "analyzed": bool, "src_lo": np.uint64, "dst_lo": np.uint64,
+    "sport": np.int32, "dport": np.int32, "flags": np.int16, "seq": np.int64, "ack": np.int64,
+    "payload": np.int32, "window": np.int32, "ttl": np.int16, "ip_id": np.int32, "ts": np.float64,
+}  # fmt: skip
+
+
+def _plain_fields(head: np.ndarray, caplen: np.ndarray, wirelen: np.ndarray, size: int,
+                  has_ethertype: bool, out: dict[str, np.ndarray]) -> None:
+    """Fill `out` (PLAIN_COLUMNS) from the gathered headers of a block of frames; each
+    field is read once, converted straight into its column."""
     # Wireshark: a zero total length is a TSO-offloaded packet, whose length is the
     # frame's; a total length beyond the frame is cut to what the frame has.
-    total = head["length"].astype(np.int64)
-    available = np.maximum(wirelen, caplen) - size
+    total = head["length"]
+    available = np.maximum(wirelen, caplen)
+    available -= size
     length = np.minimum(total, available)
-    offloaded = total == 0
-    if offloaded.any():
-        length[offloaded] = available[offloaded]
-    frag = head["frag"]
-    ok = (head["vhl"] == PLAIN_VHL) & (head["proto"] == TCP) & ((frag & 0x1FFF) == 0)
+    np.copyto(length, available, where=total == 0)
+    # Plain: IPv4 with a 20-byte header (after an IPv4 ethertype) carrying TCP, not a
+    # later fragment; two of the checks read one 32-bit word each.
+    ok = out["ok"]
+    if has_ethertype:
+        np.equal(head["ethertype_vhl"] >> 8, link.IP << 8 | PLAIN_VHL, out=ok)
+    else:
+        np.equal(head["vhl"], PLAIN_VHL, out=ok)
+    frag_proto = head["frag_proto"].astype(np.uint32)  # fragment field, TTL, protocol
+    ok &= (frag_proto & 0x1FFF00FF) == TCP
     ok &= length >= 20 + TCP_FIXED_FIELDS  # TCP's first bytes inside the IP packet too
-    if ethertype_at is not None:
-        ok &= head["ethertype"] == link.IP
-    if not ok.all():
-        which, head, length, frag = which[ok], head[ok], length[ok], frag[ok]
-    offset_flags = head["offset_flags"]
-    header = (offset_flags >> 12).astype(np.int32) * 4
-    reported = (length - 20).astype(np.int32)
-    complete = (reported >= header) & ((frag & 0x3FFF) == 0)  # not a first fragment
-    zeros = np.zeros(len(which), dtype=np.uint64)
-    return Segments(
-        frame=which,
-        row=header >= TCP_MIN_HEADER,
-        analyzed=complete,
-        version=np.full(len(which), 4, dtype=np.int8),
-        src_hi=zeros,
-        src_lo=head["src"].astype(np.uint64),
-        dst_hi=zeros,
-        dst_lo=head["dst"].astype(np.uint64),
-        sport=head["sport"].astype(np.int32),
-        dport=head["dport"].astype(np.int32),
-        flags=(offset_flags & 0x0FFF).astype(np.int16),
-        seq=head["seq"].astype(np.int64),
-        ack=head["ack"].astype(np.int64),
-        payload=np.where(complete, reported - header, 0).astype(np.int32, copy=False),
-        window=head["window"].astype(np.int32),
-        ttl=head["ttl"].astype(np.int16),
-        ip_id=head["id"].astype(np.int32),
-    )
+    offset_flags = head["offset_flags"].astype(np.int32)
+    header = offset_flags >> 10
+    header &= 0x3C  # the data offset field, in bytes
+    length -= 20  # the bytes of the IP payload the frame reports
+    complete = out["analyzed"]
+    np.greater_equal(length, header, out=complete)
+    complete &= (frag_proto & 0x3FFF0000) == 0  # not a first fragment either
+    np.greater_equal(header, TCP_MIN_HEADER, out=out["row"])
+    length -= header
+    np.multiply(length, complete, out=out["payload"], casting="unsafe")
+    np.bitwise_and(offset_flags, 0x0FFF, out=out["flags"], casting="unsafe")
+    for name, field in (("src_lo", "src"), ("dst_lo", "dst"), ("sport", "sport"), ("dport", "dport"),
+                        ("seq", "seq"), ("ack", "ack"), ("window", "window"), ("ttl", "ttl"), ("ip_id", "id")):
+        np.copyto(out[name], head[field], casting="unsafe")
 
 
-def _plain_layout(size: int, ethertype_at: int | None) -> np.dtype:
-    """The link header's ethertype, a 20-byte IPv4 header and TCP's first 16 bytes."""
+def _plain_layout(size: int, ethertype_at: int | None, record: np.dtype | None) -> np.dtype:
+    """The link header's ethertype, a 20-byte IPv4 header and TCP's first 16 bytes;
+    after the `record` header if there is one. (The ethertype must directly precede IP.)"""
+    assert ethertype_at is None or ethertype_at + 2 == size, "the ethertype directly precedes IP"
+    before = 0 if record is None else record.itemsize
     names: list[str] = []
     formats: list[object] = []
     offsets: list[int] = []
-    if ethertype_at is not None:
-        names.append("ethertype")
-        formats.append(">u2")
-        offsets.append(ethertype_at)
-    for header, at in ((IPV4_HEADER, size), (TCP_HEADER, size + 20)):
+    parts = [(IPV4_HEADER, before + size), (TCP_HEADER, before + size + 20)]
+    if record is not None:
+        parts.insert(0, (record, 0))
+    for header, at in parts:
         for name in header.names:
             kind, offset = header.fields[name][:2]
             names.append(name)
             formats.append(kind)
             offsets.append(at + offset)
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": size + 20 + TCP_FIXED_FIELDS})
+    # words that overlap the fields above, for checks of several fields at once
+    names.append("frag_proto")
+    formats.append(">u4")
+    offsets.append(before + size + IPV4_HEADER.fields["frag"][1])
+    if ethertype_at is not None:
+        names.append("ethertype_vhl")  # the ethertype, then IPv4's version and length
+        formats.append(">u4")
+        offsets.append(before + ethertype_at)
+    itemsize = before + size + 20 + TCP_FIXED_FIELDS
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": itemsize})
 
 
-def _icmp_quotes(views: Views, packets: IPPackets) -> Segments:
+def _icmp_quotes(views: Views, packets: IPPackets, ts: np.ndarray) -> Segments:
     """TCP headers quoted by ICMP/ICMPv6 errors (never rows; they only open streams)."""
     is_error = (packets.l4 + 8 <= packets.cap_end) & (
         ((packets.proto == ICMP) & (packets.version == 4)) | ((packets.proto == ICMPV6) & (packets.version == 6))
@@ -263,11 +319,12 @@ def _icmp_quotes(views: Views, packets: IPPackets) -> Segments:
         allow_v4=errors.version == 4,
     )
     inner = inner.take(~inner.later_fragment & (inner.proto == TCP))
-    return _tcp(views, inner, quoted=True)
+    return _tcp(views, inner, ts, quoted=True)
 
 
-def _tcp(views: Views, packets: IPPackets, quoted: bool) -> Segments:
-    """TCP header fields of IP packets whose protocol is TCP."""
+def _tcp(views: Views, packets: IPPackets, ts: np.ndarray, quoted: bool) -> Segments:
+    """TCP header fields of IP packets whose protocol is TCP (`ts`: the times of the
+    frames `packets.which` indexes)."""
     packets = packets.take(packets.cap_end - packets.l4 >= TCP_FIXED_FIELDS)
     t = packets.l4
     head = views.gather(t, TCP_HEADER)  # one copy of each header's first 16 bytes
@@ -306,4 +363,5 @@ def _tcp(views: Views, packets: IPPackets, quoted: bool) -> Segments:
         window=head["window"].astype(np.int32),
         ttl=ip["ttl"].astype(np.int16),
         ip_id=ip["ip_id"].astype(np.int32),
+        ts=ts[packets.which],
     )

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from tcp_teardown.native.chains import RecordLayout, Walk, walk_records
 from tcp_teardown.native.errors import NativeUnsupported, TruncatedCapture
 from tcp_teardown.native.files import ByteSource
-from tcp_teardown.native.views import Views
+from tcp_teardown.native.views import Views, blocks
 
 # Link types the decoder understands (pcap LINKTYPE_ values).
 LINK_NULL = 0
@@ -42,6 +43,19 @@ SUPPORTED_LINKS = frozenset(
 MAX_CAPLEN = 262144
 
 
+class RecordHeader(Protocol):
+    """A record header just before each frame's data that tells its wire length and time
+    (pcap's). Left unread by the format reader: the decoder reads it in the same gather
+    as the frame's first headers, and `Frames` reads it for the frames the decoder
+    does not (one gather of each record instead of two)."""
+
+    fields: np.dtype  # its layout: at least "wirelen", which Wireshark calls the reported length
+
+    def timestamps(self, head: np.ndarray, out: np.ndarray) -> None:
+        """The time of each frame (`head`: gathered headers, of type `fields`) into `out`."""
+        ...
+
+
 @dataclass
 class Frames:
     """The frames of one window, in capture order (every frame, TCP or not)."""
@@ -49,25 +63,64 @@ class Frames:
     views: Views  # the window's bytes
     data: np.ndarray  # int64 offset of each frame's first byte in the window
     caplen: np.ndarray  # int64 captured bytes
-    wirelen: np.ndarray  # int64 bytes on the wire (Wireshark's "reported length")
-    ts: np.ndarray  # float64 seconds since the epoch
     link: np.ndarray  # int32 link type of each frame
     first_frame: int  # frame number (1-based) of the first frame
+    # The wire lengths and times, if the format reader read them; else read from `record`
+    # when first asked for (as `wirelen` and `ts`).
+    known_wirelen: np.ndarray | None = None
+    known_ts: np.ndarray | None = None
+    record: RecordHeader | None = None
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def take(self, index: np.ndarray) -> Frames:
+    @property
+    def wirelen(self) -> np.ndarray:
+        """int64 bytes on the wire (Wireshark's "reported length")."""
+        if self.known_wirelen is None:
+            self._read_records()
+        assert self.known_wirelen is not None
+        return self.known_wirelen
+
+    @property
+    def ts(self) -> np.ndarray:
+        """float64 seconds since the epoch."""
+        if self.known_ts is None:
+            self._read_records()
+        assert self.known_ts is not None
+        return self.known_ts
+
+    def _read_records(self) -> None:
+        record = self.record
+        assert record is not None, "frames without wire lengths and times"
+        wirelen = np.empty(len(self), dtype=np.int64)
+        ts = np.empty(len(self), dtype=np.float64)
+        for part in blocks(len(self)):
+            head = self.views.gather(self.data[part] - record.fields.itemsize, record.fields)
+            np.copyto(wirelen[part], head["wirelen"], casting="unsafe")
+            record.timestamps(head, ts[part])
+        self.known_wirelen, self.known_ts = wirelen, ts
+
+    def take(self, index: np.ndarray | slice) -> Frames:
         """Some of the frames (`first_frame` stays: frame numbers are the caller's)."""
         return Frames(
             views=self.views,
             data=self.data[index],
             caplen=self.caplen[index],
-            wirelen=self.wirelen[index],
-            ts=self.ts[index],
             link=self.link[index],
             first_frame=self.first_frame,
+            known_wirelen=None if self.known_wirelen is None else self.known_wirelen[index],
+            known_ts=None if self.known_ts is None else self.known_ts[index],
+            record=self.record,
         )
+
+    def part(self, start: int, stop: int) -> Frames:
+        """Frames [start, stop), numbered as in the file."""
+        if start == 0 and stop >= len(self):
+            return self
+        part = self.take(slice(start, stop))
+        part.first_frame = self.first_frame + start
+        return part
 
 
 def check_links(links: np.ndarray) -> None:

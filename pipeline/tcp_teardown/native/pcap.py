@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tcp_teardown.native.chains import RecordLayout
+from tcp_teardown.native.chains import RecordLayout, Walk
 from tcp_teardown.native.errors import NativeUnsupported, TruncatedCapture
 from tcp_teardown.native.files import ByteSource
 from tcp_teardown.native.frames import MAX_CAPLEN, Frames, check_links, iter_windows, truncated_tail
@@ -112,13 +112,38 @@ def _layout(header: PcapHeader, views: Views) -> RecordLayout:
     )
 
 
-def timestamps(seconds: np.ndarray, fraction: np.ndarray, per_second: int) -> np.ndarray:
+def timestamps(seconds: np.ndarray, fraction: np.ndarray, per_second: int,
+               out: np.ndarray | None = None) -> np.ndarray:
     """float64 seconds, rounded as tshark's printed `frame.time_epoch` would parse."""
-    ticks = seconds.astype(np.int64) * per_second + fraction.astype(np.int64)
+    ticks = seconds.astype(np.int64)
+    ticks *= per_second
+    ticks += fraction.astype(np.int64, copy=False)
     if per_second <= 1_000_000:
         # exact integers below 2**53, so one correctly rounded division
-        return ticks.astype(np.float64) / per_second
-    return (ticks.astype(np.longdouble) / per_second).astype(np.float64)
+        return np.divide(ticks, per_second, out=out)
+    exact = (ticks.astype(np.longdouble) / per_second).astype(np.float64)
+    if out is None:
+        return exact
+    out[...] = exact
+    return out
+
+
+@dataclass(frozen=True)
+class _RecordHeader:
+    """The pcap record header, for `Frames` (see frames.RecordHeader)."""
+
+    fields: np.dtype
+    per_second: int
+
+    def timestamps(self, head: np.ndarray, out: np.ndarray) -> None:
+        if self.per_second > 1_000_000:
+            timestamps(head["seconds"], head["fraction"], self.per_second, out=out)
+            return
+        # `timestamps` in float64 throughout, without temporaries: with 32-bit fields the
+        # tick count is an integer below 2**53, so every step is exact but the division.
+        np.multiply(head["seconds"], float(self.per_second), out=out)
+        out += head["fraction"]
+        out /= self.per_second
 
 
 def read_frames(source: ByteSource, head: bytes) -> Iterator[Frames]:
@@ -129,24 +154,34 @@ def read_frames(source: ByteSource, head: bytes) -> Iterator[Frames]:
     last = None
     for views, walk in iter_windows(source, HEADER, lambda v: _layout(header, v)):
         last = (views, walk)
-        offsets = walk.offsets
-        if offsets.size:
-            order = "<" if header.little else ">"
-            record = views.gather(offsets, np.dtype([(f, order + "u4") for f in RECORD_FIELDS]))
-            per_second = 1_000_000_000 if header.nanoseconds else 1_000_000
-            frames = Frames(
-                views=views,
-                data=offsets + RECORD_HEADER,
-                caplen=record["caplen"].astype(np.int64),
-                wirelen=record["wirelen"].astype(np.int64),
-                ts=timestamps(record["seconds"], record["fraction"], per_second),
-                link=np.full(len(offsets), header.link, dtype=np.int32),
-                first_frame=frame_no,
-            )
-            frame_no += len(offsets)
+        if walk.offsets.size:
+            frames = _frames(header, views, walk, frame_no)
+            frame_no += len(frames)
             yield frames
         if walk.status == "bad":
             # tshark too stops there, after printing the frames before it
             raise TruncatedCapture(frame_no - 1, "a damaged record follows (tshark: bad record)")
     if last is not None:
         truncated_tail(source, last[1], last[0], frame_no - 1)
+
+
+def _frames(header: PcapHeader, views: Views, walk: Walk, first_frame: int) -> Frames:
+    """The frames of the records a walk found (wire lengths and times read later, with
+    the frames' first headers)."""
+    offsets = walk.offsets
+    # Records are back to back, so a record's captured length is the gap to the next.
+    caplen = np.diff(offsets, append=walk.end)
+    caplen -= RECORD_HEADER
+    order = "<" if header.little else ">"
+    record = _RecordHeader(
+        fields=np.dtype([(f, order + "u4") for f in RECORD_FIELDS]),
+        per_second=1_000_000_000 if header.nanoseconds else 1_000_000,
+    )
+    return Frames(
+        views=views,
+        data=offsets + RECORD_HEADER,
+        caplen=caplen,
+        link=np.broadcast_to(np.int32(header.link), offsets.shape),  # one link type for all
+        first_frame=first_frame,
+        record=record,
+    )

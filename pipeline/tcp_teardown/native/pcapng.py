@@ -244,10 +244,10 @@ def _frames(views: Views, offsets: np.ndarray, section: Section, frame_no: int) 
         views=views,
         data=data,
         caplen=caplen,
-        wirelen=wirelen,
-        ts=ts,
         link=link,
         first_frame=frame_no,
+        known_wirelen=wirelen,
+        known_ts=ts,
     )
 
 
@@ -285,10 +285,10 @@ def _epb_frames(
         views=views,
         data=p + 28,
         caplen=caplen,
-        wirelen=head["wirelen"].astype(np.int64),
-        ts=ts,
         link=link,
         first_frame=frame_no,
+        known_wirelen=head["wirelen"].astype(np.int64),
+        known_ts=ts,
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +10,16 @@ import pyarrow as pa
 
 from tcp_teardown.native import pcap, pcapng
 from tcp_teardown.native.addresses import ip_text
-from tcp_teardown.native.decode import decode
+from tcp_teardown.native.decode import Room, decode, in_room
 from tcp_teardown.native.errors import NativeUnsupported, TruncatedCapture
 from tcp_teardown.native.files import open_source
 from tcp_teardown.native.frames import Frames
 from tcp_teardown.native.streams import StreamTracker
+from tcp_teardown.native.views import empty
 from tcp_teardown.schema import PACKETS
 
 # Frames decoded at a time: bounds the temporary arrays of a window of tiny packets.
-DECODE_FRAMES = 1 << 18
+DECODE_FRAMES = 1 << 17
 # Rows a batch's columns are first made for, when the file's size is unknown (they grow
 # as needed, up to the batch size), and at most when it is known.
 FIRST_BATCH_ROWS = 1 << 18
@@ -65,12 +65,14 @@ def _batches(frames: Iterator[Frames], chunk_packets: int, file_bytes: int | Non
             if file_bytes and rows.expected is None:
                 rows.expected = _expected_frames(window, file_bytes)
             for start in range(0, len(window), DECODE_FRAMES):
-                columns = _rows(_slice(window, start, start + DECODE_FRAMES), tracker)
+                part = window.part(start, start + DECODE_FRAMES)
+                columns = _rows(part, tracker, rows.room(len(part)))
                 done = 0
                 while done < len(columns["frame_number"]):
                     done += rows.add(columns, done)
                     if rows.full:
                         yield rows.batch()
+                del columns  # may be views of the buffer, which the next part may move
     except TruncatedCapture as exc:
         cut_short = exc  # yield what is complete first, as tshark prints it
     if rows.count:
@@ -84,32 +86,22 @@ def _expected_frames(window: Frames, file_bytes: int) -> int:
     return len(window) * file_bytes // max(window.views.n, 1) + len(window)
 
 
-def _slice(frames: Frames, start: int, stop: int) -> Frames:
-    if start == 0 and stop >= len(frames):
-        return frames
-    part = slice(start, stop)
-    return replace(
-        frames,
-        data=frames.data[part],
-        caplen=frames.caplen[part],
-        wirelen=frames.wirelen[part],
-        ts=frames.ts[part],
-        link=frames.link[part],
-        first_frame=frames.first_frame + start,
-    )
-
-
-def _rows(frames: Frames, tracker: StreamTracker) -> dict[str, np.ndarray]:
+def _rows(frames: Frames, tracker: StreamTracker, room: Room | None = None) -> dict[str, np.ndarray]:
     """The rows of one part of a window, in the schema's types (so batches need no
     conversion) except the addresses, kept as numbers until a batch is made (without
-    the high halves, all zero, when every row is IPv4)."""
-    segments = decode(frames)
-    streams = tracker.assign(segments)
+    the high halves, all zero, when every row is IPv4).
+
+    Columns are made in `room` (the row buffer's space for them) where they can be."""
+    segments = decode(frames, room)
     rows = segments.row
+    every = bool(rows.all())
+    if not every:
+        room = None  # the rows are a selection of the segments: copied out below
+    streams = tracker.assign(segments, out=in_room(room, "stream", len(segments), np.int64))
     seg = segments.take(rows)
     columns = {
-        "frame_number": frames.first_frame + seg.frame,
-        "ts": frames.ts[seg.frame],
+        "frame_number": np.add(seg.frame, frames.first_frame, out=in_room(room, "frame_number", len(seg), np.int64)),
+        "ts": seg.ts,
         "version": seg.version,
         "src_hi": seg.src_hi,
         "src_lo": seg.src_lo,
@@ -124,7 +116,7 @@ def _rows(frames: Frames, tracker: StreamTracker) -> dict[str, np.ndarray]:
         "window": seg.window,
         "ttl": seg.ttl,
         "ip_id": seg.ip_id,
-        "stream": streams if rows.all() else streams[rows],
+        "stream": streams if every else streams[rows],
     }
     if (seg.version == 4).all():
         del columns["src_hi"], columns["dst_hi"]
@@ -134,8 +126,9 @@ def _rows(frames: Frames, tracker: StreamTracker) -> dict[str, np.ndarray]:
 class RowBuffer:
     """The rows of the next batch, each column in one array made as big as the batch is
     expected to get (only the pages written to take memory), grown if it gets bigger.
-    Each part is copied in once and let go, so the memory held is about one batch, and
-    the batch's columns become Arrow arrays without another copy."""
+    Each part is made in the buffer's `room` or copied in once and let go, so the memory
+    held is about one batch, and the batch's columns become Arrow arrays without
+    another copy."""
 
     def __init__(self, size: int) -> None:
         self.size = size  # rows per batch
@@ -147,6 +140,14 @@ class RowBuffer:
     def full(self) -> bool:
         return self.count == self.size
 
+    def room(self, rows: int) -> Room | None:
+        """Space for the next `rows` rows in each column, for a part to be made in place
+        (`add` then copies nothing); None if they would not all go in this batch."""
+        if self.count + rows > self.size:
+            return None
+        self._reserve(self.count + rows)
+        return {name: column[self.count : self.count + rows] for name, column in self.columns.items()}
+
     def add(self, part: dict[str, np.ndarray], offset: int) -> int:
         """Copy rows of `part` from `offset` on, as many as the batch takes; how many."""
         take = min(self.size - self.count, len(part["frame_number"]) - offset)
@@ -154,8 +155,11 @@ class RowBuffer:
         end = self.count + take
         for name, values in part.items():
             if name not in self.columns:  # the first IPv6 row: high halves from now on
-                self.columns[name] = np.zeros(self.capacity, dtype=values.dtype)
-            self.columns[name][self.count : end] = values[offset : offset + take]
+                self.columns[name] = empty(self.capacity, values.dtype)
+                self.columns[name][: self.count] = 0
+            target, source = self.columns[name][self.count : end], values[offset : offset + take]
+            if not _same_place(target, source):  # (made in `room`: already there)
+                target[...] = source
         for name in self.columns.keys() - part.keys():
             self.columns[name][self.count : end] = 0  # IPv4 rows: no high halves
         self.count = end
@@ -171,19 +175,23 @@ class RowBuffer:
         if not self.columns:
             first = min(self.expected, MAX_EXPECTED_ROWS) if self.expected else FIRST_BATCH_ROWS
             capacity = min(self.size, max(rows, first))
-            self.columns = {name: np.empty(capacity, dtype) for name, dtype in ROW_TYPES.items()}
+            self.columns = {name: empty(capacity, dtype) for name, dtype in ROW_TYPES.items()}
             return
         capacity = min(self.size, max(rows, 2 * self.capacity))
-        for column in self.columns.values():
-            column.resize(capacity, refcheck=False)  # no views of it exist yet
+        for name, column in self.columns.items():
+            self.columns[name] = empty(capacity, column.dtype)
+            self.columns[name][: self.count] = column[: self.count]
 
     def batch(self) -> pa.RecordBatch:
         """The rows so far as a batch; the buffer starts over."""
         columns, count = self.columns, self.count
         self.columns, self.count = {}, 0
-        for column in columns.values():
-            column.resize(count, refcheck=False)
-        return _batch(columns)
+        # (the rest of each column was never written to, so it takes no memory)
+        return _batch({name: column[:count] for name, column in columns.items()})
+
+
+def _same_place(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.strides == b.strides
 
 
 def _batch(columns: dict[str, np.ndarray]) -> pa.RecordBatch:

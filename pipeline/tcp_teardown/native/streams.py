@@ -25,6 +25,7 @@ import numpy as np
 from tcp_teardown.native.addresses import factorize
 from tcp_teardown.native.decode import Segments
 from tcp_teardown.native.errors import NativeUnsupported
+from tcp_teardown.native.views import blocks
 
 SYN = 0x002
 ACK = 0x010
@@ -66,6 +67,7 @@ class Groups:
     order: np.ndarray  # int64 segment index of each sorted position
     start: np.ndarray  # int64 first sorted position of each pair group
     end: np.ndarray  # int64 one past its last
+    opens: np.ndarray  # bool: whether each sorted position is a group's first
 
 
 @dataclass
@@ -100,11 +102,12 @@ class StreamTracker:
         self._base_set = np.zeros((0, 2), dtype=bool)
         self._base = np.zeros((0, 2), dtype=np.int64)
 
-    def assign(self, seg: Segments) -> np.ndarray:
-        """tcp.stream of each segment (in the order given, which must be capture order)."""
+    def assign(self, seg: Segments, out: np.ndarray | None = None) -> np.ndarray:
+        """tcp.stream of each segment (in the order given, which must be capture order),
+        in `out` if given."""
         n = len(seg)
         if n == 0:
-            return np.zeros(0, dtype=np.int64)
+            return np.zeros(0, dtype=np.int64) if out is None else out
         keys = _pair_keys(seg)
         groups = _group(keys)
         key, carried = self._pair_ids(keys, groups)  # carried: known from earlier windows
@@ -122,6 +125,9 @@ class StreamTracker:
         is_bound[groups.start] = True
         bounds = np.flatnonzero(is_bound)
         new = is_new[bounds]
+        # the index in bounds of each group's first and last conversation start
+        first_bound = np.flatnonzero(groups.opens[bounds])
+        last_bound = np.append(first_bound[1:], len(bounds)) - 1
         stream = np.empty(len(bounds), dtype=np.int64)
         # New streams are numbered in capture order of their first segment.
         first_segment = groups.order[bounds[new]]
@@ -129,24 +135,26 @@ class StreamTracker:
         rank[np.argsort(first_segment)] = np.arange(len(first_segment))
         stream[new] = self.next_stream + rank
         self.next_stream += len(first_segment)
-        ongoing = np.flatnonzero(~new)
-        stream[ongoing] = self._stream[key[window.group_of(bounds[ongoing])]]
+        # (a start that is no new conversation is a group's first: one going on from before)
+        ongoing = ~new[first_bound]
+        stream[first_bound[ongoing]] = self._stream[key[ongoing]]
 
-        self._carry(window, key, carried, bounds, new, stream)
-        result = np.empty(n, dtype=np.int64)
+        self._carry(window, key, carried, bounds[last_bound], new[last_bound], stream[last_bound])
+        result = np.empty(n, dtype=np.int64) if out is None else out
         result[groups.order] = np.repeat(stream, np.diff(bounds, append=n))
         return result
 
     def _candidates(self, window: _Window, key: np.ndarray, carried: np.ndarray) -> Candidates:
         q = window.candidate_positions(carried)
         group = window.group_of(q)
-        side = window.side_of(q)
+        segment = window.groups.order[q]
+        side = window.direction[segment].astype(np.int64)
         pair = key[group]
         return Candidates(
             position=q,
             group=group,
             side=side,
-            seq=window.seq_of(q),
+            seq=window.seg.seq[segment],
             stored=carried[group] & self._base_set[pair, side],
             stored_base=self._base[pair, side],
         )
@@ -156,20 +164,19 @@ class StreamTracker:
         window: _Window,
         key: np.ndarray,
         carried: np.ndarray,
-        bounds: np.ndarray,
+        began: np.ndarray,
         new: np.ndarray,
         stream: np.ndarray,
     ) -> None:
-        """Keep each pair's current conversation (stream, bases) for the next window."""
+        """Keep each pair's current conversation (stream, bases) for the next window:
+        the one that `began` (sorted position) in each group, `new` in this window."""
         groups = window.groups
-        last = np.searchsorted(bounds, groups.end - 1, side="right") - 1
-        began = bounds[last]  # where the pair's last conversation began (or its group start)
-        self._stream[key] = stream[last]
+        self._stream[key] = stream
         for side in (0, 1):
-            setter = window.next_setter(began, np.full(len(began), side))
+            setter = window.next_setter(began, side)
             seen = setter < groups.end
             value = window.base_value(setter, side)
-            keep_old = ~new[last] & carried & self._base_set[key, side]
+            keep_old = ~new & carried & self._base_set[key, side]
             self._base[key, side] = np.where(keep_old, self._base[key, side], value)
             self._base_set[key, side] = keep_old | seen
 
@@ -211,42 +218,49 @@ class _Window:
         self.seg = seg
         self.direction = direction
         self.groups = groups
-        has_ack = (seg.flags & ACK) != 0
-        # Sorted positions of the segments that set a base, per side, side 1 shifted by
-        # n so that one searchsorted finds the next one of either side.
+        n = self.n
+        flags = seg.flags[groups.order]
         analyzed = seg.analyzed[groups.order]
-        ack_sorted = has_ack[groups.order]
-        dir_sorted = direction[groups.order]
-        self._setters = np.concatenate((
-            np.flatnonzero(analyzed & (ack_sorted | ~dir_sorted)),
-            np.flatnonzero(analyzed & (ack_sorted | dir_sorted)) + self.n,
-            [2 * self.n],  # "none"
-        ))  # fmt: skip
-        self._syn_only = ((seg.flags & (SYN | ACK)) == SYN)[groups.order]
+        forward = direction[groups.order]
+        has_ack = (flags & ACK) != 0
+        # The sorted positions of the segments that set the base of side 0, and of side
+        # 1, each ending in n ("none"; marked in the masks, which saves a copy).
+        sets = np.ones((2, n + 1), dtype=bool)
+        np.bitwise_or(has_ack, ~forward, out=sets[0, :n])
+        np.bitwise_or(has_ack, forward, out=sets[1, :n])
+        sets[:, :n] &= analyzed
+        self._sets = sets
+        self._setters = [np.flatnonzero(side) for side in sets]
+        self._syn_only = (flags & (SYN | ACK)) == SYN
 
     def group_of(self, position: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.groups.start, position, side="right") - 1
 
-    def side_of(self, position: np.ndarray) -> np.ndarray:
-        return self.direction[self.groups.order[position]].astype(np.int64)
-
-    def seq_of(self, position: np.ndarray) -> np.ndarray:
-        return self.seg.seq[self.groups.order[position]]
-
     def candidate_positions(self, carried: np.ndarray) -> np.ndarray:
         """Sorted positions of SYNs without ACK that might start a new conversation: all
         but the first segment of a pair new in this window (that one opens it anyway)."""
-        q = np.flatnonzero(self._syn_only)
-        opening = self.groups.start[~carried]
-        return q[~np.isin(q, opening, assume_unique=True)]
+        maybe = self._syn_only.copy()
+        maybe[self.groups.start[~carried]] = False
+        return np.flatnonzero(maybe)
 
-    def next_setter(self, position: np.ndarray, side: np.ndarray) -> np.ndarray:
+    def next_setter(self, position: np.ndarray, side: np.ndarray | int) -> np.ndarray:
         """The first position at or after `position` whose segment sets the base of
         `side`; n if none (maybe in a later group: callers compare with their limit)."""
-        shift = side * self.n
-        at = np.searchsorted(self._setters, position + shift)
-        found = self._setters[at] - shift
-        return np.minimum(found, self.n)
+        # Mostly the segment there (a SYN sets its own side's base) or the next one (the
+        # SYN-ACK after it sets both): looked at directly, only the others searched for.
+        found = np.full(len(position), -1)
+        for step in (0, 1):
+            at = np.minimum(position + step, self.n)
+            hit = self._sets[side, at]
+            hit &= found < 0
+            found[hit] = at[hit]
+        rest = np.flatnonzero(found < 0)
+        if rest.size:
+            sides = np.broadcast_to(side, position.shape)[rest]
+            for one, setters in enumerate(self._setters):
+                mine = rest[sides == one]
+                found[mine] = setters[np.searchsorted(setters, position[mine])]
+        return found
 
     def base_value(self, position: np.ndarray, side: np.ndarray | int) -> np.ndarray:
         """The base sequence number of `side` that the segment at `position` sets
@@ -320,8 +334,10 @@ def _resolve_splits(window: _Window, syns: Candidates) -> np.ndarray:
     for _ in range(SPLIT_ROUNDS):
         if not todo.size:
             return split
-        decided = window.splits(syns.take(todo), split[todo])
+        decided = window.splits(syns if len(todo) == len(syns) else syns.take(todo), split[todo])
         moved = decided != split[todo]
+        if not moved.any():
+            return split
         split[todo] = decided
         todo = todo[np.isin(syns.group[todo], syns.group[todo[moved]])]
     if todo.size:
@@ -339,7 +355,7 @@ def _group(keys: PairKeys) -> Groups:
     packed = keys.hash & ~position
     packed |= np.arange(n, dtype=np.uint64)
     packed.sort()
-    order = (packed & position).astype(np.int64)
+    order = (packed & position).view(np.int64)
     packed >>= np.uint64(bits)
     groups = _groups_of(order, packed)
     if not _one_pair_each(keys, groups):
@@ -353,18 +369,21 @@ def _group(keys: PairKeys) -> Groups:
 
 def _groups_of(order: np.ndarray, sorted_keys: np.ndarray) -> Groups:
     """Groups of equal consecutive keys (in sorted order)."""
-    start = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
-    start = np.concatenate(([0], start))
-    return Groups(order=order, start=start, end=np.append(start[1:], len(order)))
+    opens = np.empty(len(sorted_keys), dtype=bool)
+    opens[:1] = True
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=opens[1:])
+    start = np.flatnonzero(opens)
+    return Groups(order=order, start=start, end=np.append(start[1:], len(order)), opens=opens)
 
 
 def _one_pair_each(keys: PairKeys, groups: Groups) -> bool:
     """Whether all segments of each group have the same pair."""
-    opens = np.zeros(len(groups.order), dtype=bool)
-    opens[groups.start] = True
+    differs = np.empty(len(groups.order) - 1, dtype=bool)
     for column in keys.words:
         ranked = column[groups.order]
-        if ((ranked[1:] != ranked[:-1]) & ~opens[1:]).any():
+        np.not_equal(ranked[1:], ranked[:-1], out=differs)
+        differs[groups.start[1:] - 1] = False  # a new group may differ from the one before
+        if differs.any():
             return False
     return True
 
@@ -378,18 +397,25 @@ def _pair_keys(seg: Segments) -> PairKeys:
 
 def _ipv4_keys(seg: Segments) -> PairKeys:
     """IPv4 only: each endpoint as one number (address << 16 | port), so the pair is the
-    smaller and the larger of two numbers."""
-    src = _endpoint(seg.src_lo, seg.sport)
-    dst = _endpoint(seg.dst_lo, seg.dport)
-    direction = src > dst
-    low = np.minimum(src, dst)
-    high = np.maximum(src, dst)
-    return PairKeys(hash=_hash2(low, high), direction=direction, words=[low, high], ipv4_only=True)
+    smaller and the larger of two numbers. Made block by block: the temporaries stay in
+    the cache."""
+    n = len(seg)
+    low, high = np.empty(n, dtype=np.uint64), np.empty(n, dtype=np.uint64)
+    hashed = np.empty(n, dtype=np.uint64)
+    direction = np.empty(n, dtype=bool)
+    for part in blocks(n):
+        src = _endpoint(seg.src_lo[part], seg.sport[part])
+        dst = _endpoint(seg.dst_lo[part], seg.dport[part])
+        np.greater(src, dst, out=direction[part])
+        np.minimum(src, dst, out=low[part])
+        np.maximum(src, dst, out=high[part])
+        hashed[part] = _hash2(low[part], high[part])
+    return PairKeys(hash=hashed, direction=direction, words=[low, high], ipv4_only=True)
 
 
 def _endpoint(address: np.ndarray, port: np.ndarray) -> np.ndarray:
     value = address << np.uint64(16)
-    value |= port.astype(np.uint64)
+    np.bitwise_or(value, port, out=value, dtype=np.uint64, casting="unsafe")
     return value
 
 
@@ -417,9 +443,9 @@ def _mixed_keys(seg: Segments, v4: np.ndarray) -> PairKeys:
 
 
 def _hash2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """A 64-bit mix of two uint64 columns (wrapping multiplications)."""
+    """A 64-bit mix of two uint64 columns (wrapping multiplications). Only its top bits
+    need to be well mixed (they sort pairs apart; equal hashes are checked exactly)."""
     h = a * _MIX
     h ^= b
     h *= _MIX
-    h ^= h >> np.uint64(31)
     return h
