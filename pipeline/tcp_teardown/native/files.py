@@ -25,8 +25,6 @@ OTHER_MAGICS = {b"\xfd7zXZ": "xz", b"BZh": "bzip2", b"\x04\x22\x4d\x18": "lz4"}
 
 WINDOW_BYTES = 64 << 20
 RAW_CHUNK = 1 << 20  # compressed bytes read at a time
-# madvise(MADV_POPULATE_READ), Linux 5.14+ (not named by Python 3.11's mmap module)
-POPULATE = getattr(mmap, "MADV_POPULATE_READ", 22) if hasattr(mmap, "madvise") else None
 
 
 class ByteSource(Protocol):
@@ -79,11 +77,6 @@ class MappedSource:
 
     def window(self, min_bytes: int = WINDOW_BYTES) -> np.ndarray:
         end = min(self._size, self._pos + max(min_bytes, WINDOW_BYTES))
-        if self._map is not None and end > self._window_end and POPULATE is not None:
-            # map the window's pages in one call rather than one page fault at a time
-            start = max(self._window_end, self._pos) // mmap.PAGESIZE * mmap.PAGESIZE
-            with contextlib.suppress(OSError):
-                self._map.madvise(POPULATE, start, end - start)
         self._window_end = end
         return self._array[self._pos : end]
 
