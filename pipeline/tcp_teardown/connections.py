@@ -250,13 +250,21 @@ def _by_pair(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     in that order (codes ascending from 0)."""
     span = int(hi.max()) + 1 if len(hi) else 1
     # Below 2**31, lo * span + hi fits in 63 bits: one integer key per pair, no hashing.
-    key = lo * span + hi if span < 1 << 31 else pair_codes(lo, hi)
+    key = lo * span + hi if span < 1 << 31 else _numbered_pair_key(lo, hi)
     # A stable sort keeps capture order within a pair; clients count their ports up over
     # time, so the key arrives nearly sorted and the sort is cheap.
     order = np.argsort(key, kind="stable")
     key = key[order]
     pair = np.cumsum(np.r_[False, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
     return order, pair
+
+
+def _numbered_pair_key(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """One integer per (lo, hi) pair when endpoint codes are too wide to combine directly
+    (many addresses): each side numbered by Arrow's hash first (numbers below n)."""
+    lo_number = pc.dictionary_encode(pa.array(lo)).indices.to_numpy().astype(np.int64)
+    hi_encoded = pc.dictionary_encode(pa.array(hi))
+    return lo_number * len(hi_encoded.dictionary) + hi_encoded.indices.to_numpy()
 
 
 def pair_codes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
