@@ -243,13 +243,18 @@ def batch(archive: Archive | Path, out: Path, *args: str) -> tuple[subprocess.Co
 # --- fixtures ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory) -> Archive:
+def archive_or_skip(base: Path, **sizes: int) -> Archive:
+    """build_archive, or a skip saying what is missing (the seed corpus, tshark, editcap)."""
     if not SEEDS.is_dir():
         pytest.skip("the shared seed corpus is not beside the checkout")
     if shutil.which("editcap") is None or shutil.which("tshark") is None:
         pytest.skip("tshark and editcap are needed")
-    return build_archive(tmp_path_factory.mktemp("batch"))
+    return build_archive(base, **sizes)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Archive:
+    return archive_or_skip(tmp_path_factory.mktemp("batch"))
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tcp_teardown.batch import Options, run_batch
-from tests.conftest import SEEDS, needs_tshark
-from tests.test_batch import Archive, assert_same_dataset, build_archive, read_kind
+from tests.conftest import needs_tshark
+from tests.test_batch import Archive, archive_or_skip, assert_same_dataset, read_kind
 
 distributed = pytest.importorskip("dask.distributed")
 dd = pytest.importorskip("dask.dataframe")
@@ -20,11 +20,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword")
 
 @pytest.fixture(scope="module")
 def small_archive(tmp_path_factory: pytest.TempPathFactory) -> Archive:
-    if not SEEDS.is_dir():
-        pytest.skip("the shared seed corpus is not beside the checkout")
-    if shutil.which("editcap") is None or shutil.which("tshark") is None:
-        pytest.skip("tshark and editcap are needed")
-    return build_archive(tmp_path_factory.mktemp("dask"), real=5, seeds=4)
+    return archive_or_skip(tmp_path_factory.mktemp("dask"), real=5, seeds=4)
 
 
 def options(out: Path, archive: Archive, **extra: object) -> Options:

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tcp_teardown import tcpflags as tf
+from tcp_teardown.codes import factorize
 from tcp_teardown.hashing import combine_row_hashes, hash_int64, hash_text
 
 WELL_KNOWN_LIMIT = 1024  # IANA system ports: a side on one of these is the server
@@ -90,12 +91,9 @@ class Segments:
             starts=self.starts[c0:c1] - p0, ends=self.ends[c0:c1] - p0,
         )
 
-    def count_where(self, mask: np.ndarray) -> np.ndarray:
-        return np.bincount(self.conn[mask], minlength=self.count).astype(np.int64)
-
-    def count_where_among(self, hits: np.ndarray) -> np.ndarray:
-        """Per connection, how many of these packet indices are its."""
-        return np.bincount(self.conn[hits], minlength=self.count).astype(np.int64)
+    def count_where(self, selected: np.ndarray) -> np.ndarray:
+        """Per connection, how many packets are selected (a boolean mask or packet indices)."""
+        return np.bincount(self.conn[selected], minlength=self.count).astype(np.int64)
 
     def per_packet(self, per_conn: np.ndarray) -> np.ndarray:
         """Spread a per-connection array over that connection's packets."""
@@ -131,11 +129,6 @@ class Identity:
     pair: np.ndarray  # code of the 4-tuple (ip, port, ip, port)
     client_isn: np.ndarray  # int64, -1 where unknown
     flow_id: np.ndarray  # 16 hex digits (bytes)
-
-    def slice(self, c0: int, c1: int) -> Identity:
-        """Connections c0..c1-1."""
-        return Identity(**{name: value if name == "addresses" else value[c0:c1]
-                           for name, value in self.__dict__.items()})
 
     def text(self, codes: np.ndarray) -> pa.Array:
         return self.addresses.take(pa.array(codes))
@@ -262,20 +255,16 @@ def _by_pair(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _numbered_pair_key(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """One integer per (lo, hi) pair when endpoint codes are too wide to combine directly
     (many addresses): each side numbered by Arrow's hash first (numbers below n)."""
-    lo_number = pc.dictionary_encode(pa.array(lo)).indices.to_numpy().astype(np.int64)
-    hi_encoded = pc.dictionary_encode(pa.array(hi))
-    return lo_number * len(hi_encoded.dictionary) + hi_encoded.indices.to_numpy()
+    lo_number, _ = factorize(lo)
+    hi_number, hi_distinct = factorize(hi)
+    return lo_number * len(hi_distinct) + hi_number
 
 
 def pair_codes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Dense codes of the (a, b) pairs, without building a Python tuple per row."""
     if len(a) == 0:
         return np.zeros(0, np.int64)
-    import pandas as pd  # here, not at the top: the bulk path never needs pandas (start-up time)
-
-    code_a, _ = pd.factorize(a)
-    code_b, uniq_b = pd.factorize(b)
-    return pd.factorize(code_a.astype(np.int64) * len(uniq_b) + code_b)[0].astype(np.int64)
+    return factorize(_numbered_pair_key(a, b))[0]
 
 
 def _np(table: pa.Table, name: str) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tcp_teardown.codes import factorize
 from tcp_teardown.filters import radix_order, value_codes
 from tcp_teardown.schema import ENDPOINTS, HOSTS
 from tcp_teardown.vocab import CLOSE_VALUES, OPEN_VALUES, Close, Flag, Open
@@ -144,10 +145,8 @@ def _endpoint_keys(address: np.ndarray, port: np.ndarray) -> np.ndarray:
 
 def _dense(keys: np.ndarray) -> tuple[np.ndarray, int]:
     """Codes 0..n-1 for the distinct keys (in first-seen order), and n."""
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    rank = np.empty(len(first), np.int64)
-    rank[np.argsort(first)] = np.arange(len(first))
-    return rank[inverse.reshape(-1)], len(first)
+    codes, distinct = factorize(keys)
+    return codes, len(distinct)
 
 
 def _ranked(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

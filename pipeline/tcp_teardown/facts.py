@@ -133,7 +133,7 @@ def compute_facts(seg: Segments, pair: np.ndarray, params: Params) -> Facts:
         f[f"{side}_fin_ack"] = seg.first_among(candidates[covering])
         same = (tf.seq_mod(seg.seq[fins] + seg.payload[fins])
                 == tf.seq_mod(fin_end[seg.conn[fins]] - 1))
-        f[f"{side}_fin_count"] = seg.count_where_among(fins[same])
+        f[f"{side}_fin_count"] = seg.count_where(fins[same])
         f[f"{side}_fin_last"] = seg.last_among(fins[same])
     _infer_unseen_fin(seg, f, ackf & ~rst)
     cf, sf = f["client_fin"], f["server_fin"]

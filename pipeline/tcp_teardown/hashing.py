@@ -18,7 +18,7 @@ _INIT = np.array([0x736F6D6570736575, 0x646F72616E646F6D, 0x6C7967656E657261, 0x
 
 def hash_int64(values: np.ndarray) -> np.ndarray:
     """pd.util.hash_array of an int64 array."""
-    return _mix(np.asarray(values, dtype=np.int64).view(np.uint64).copy())
+    return mix(np.asarray(values, dtype=np.int64).view(np.uint64))
 
 
 def hash_text(values: pa.Array) -> np.ndarray:
@@ -26,7 +26,7 @@ def hash_text(values: pa.Array) -> np.ndarray:
     values = values.cast(pa.string())
     if values.null_count:
         raise ValueError("hash_text: nulls have no string hash")
-    return _mix(_siphash(*_blocks(values)))
+    return mix(_siphash(*_blocks(values)))
 
 
 def combine_row_hashes(columns: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -108,11 +108,11 @@ def _rounds(v: list[np.ndarray], count: int) -> None:
         rotate(v2, 32)
 
 
-def _mix(vals: np.ndarray) -> np.ndarray:
-    """pandas' final spreading of 64-bit hashes (splitmix64's finalizer)."""
-    vals ^= vals >> np.uint64(30)
-    vals *= np.uint64(0xBF58476D1CE4E5B9)
-    vals ^= vals >> np.uint64(27)
-    vals *= np.uint64(0x94D049BB133111EB)
-    vals ^= vals >> np.uint64(31)
-    return vals
+def mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: spreads every input bit over the output (uint64 wraps).
+    pandas ends every value hash with it."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))

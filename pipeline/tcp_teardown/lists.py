@@ -38,11 +38,6 @@ class Grouped:
         later = np.r_[False, self.groups[1:] == self.groups[:-1]] if len(self.groups) else np.zeros(0, bool)
         return Grouped(self.groups[later], self.values[later])
 
-    def slice(self, c0: int, c1: int) -> Grouped:
-        """Groups c0..c1-1, renumbered from 0."""
-        lo, hi = np.searchsorted(self.groups, [c0, c1])
-        return Grouped(self.groups[lo:hi] - c0, self.values[lo:hi])
-
     def permuted(self, order: np.ndarray) -> Grouped:
         """The groups renumbered so that new group i is old group order[i] (values follow).
 

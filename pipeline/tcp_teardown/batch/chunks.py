@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from tcp_teardown import ingest
 from tcp_teardown.errors import ExitCode, TeardownError
+from tcp_teardown.hashing import hash_text, mix
 from tcp_teardown.schema import PACKETS
 from tcp_teardown.tshark import Tshark
 
@@ -113,7 +113,7 @@ def _zstd_content_size(head: bytes) -> int | None:
 def bucket_of(table: pa.Table, buckets: int) -> np.ndarray:
     """Bucket of each packet: a hash of its unordered 4-tuple modulo `buckets`.
 
-    Addresses are hashed once per distinct text (pandas' hash is keyed the same in every
+    Addresses are hashed once per distinct text (the hash is keyed the same in every
     process), then mixed with the port; min/max of the two endpoint hashes makes it
     direction-free.
     """
@@ -123,23 +123,14 @@ def bucket_of(table: pa.Table, buckets: int) -> np.ndarray:
 
     def endpoint(ip: str, port: str) -> np.ndarray:
         encoded = pc.dictionary_encode(table.column(ip)).combine_chunks()
-        names = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
-        ip_hash = pd.util.hash_array(names)[encoded.indices.to_numpy(zero_copy_only=False)]
+        ip_hash = hash_text(encoded.dictionary)[encoded.indices.to_numpy(zero_copy_only=False)]
         ports = table.column(port).to_numpy().astype(np.uint64)
-        return _mix(ip_hash ^ (ports * _MIX))
+        return mix(ip_hash ^ (ports * _MIX))
 
     a, b = endpoint("src_ip", "src_port"), endpoint("dst_ip", "dst_port")
-    pair = _mix(np.minimum(a, b) ^ _mix(np.maximum(a, b)))
+    pair = mix(np.minimum(a, b) ^ mix(np.maximum(a, b)))
     return (pair % np.uint64(buckets)).astype(np.int64)
 
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer: spreads every input bit over the output (uint64 wraps)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
 
 
 def write_buckets(table: pa.Table, buckets: int, target: Path) -> list[int]:

@@ -8,6 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tcp_teardown.codes import factorize
+
 _OCTETS = pa.array([str(i) for i in range(256)], type=pa.string())
 
 
@@ -39,12 +41,6 @@ def ip_text(version: np.ndarray, hi: np.ndarray | None, lo: np.ndarray) -> pa.Di
     ]
     dictionary = pa.concat_arrays([_dotted(np.asarray(four)), pa.array(six_text, pa.string())])
     return pa.DictionaryArray.from_arrays(pa.array(index.astype(np.int32)), dictionary)
-
-
-def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Codes of the values and the distinct values (first-seen order), hashed by Arrow."""
-    encoded = pc.dictionary_encode(pa.array(values))
-    return encoded.indices.to_numpy().astype(np.int64), encoded.dictionary.to_numpy()
 
 
 def _dotted(addresses: np.ndarray) -> pa.Array:

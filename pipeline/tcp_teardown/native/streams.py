@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tcp_teardown.native.addresses import factorize
+from tcp_teardown.codes import factorize
 from tcp_teardown.native.decode import Segments
 from tcp_teardown.native.errors import NativeUnsupported
 from tcp_teardown.native.views import blocks
