@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tcp_teardown import endpoints
+from tcp_teardown import endpoints, filters
 from tcp_teardown.api import summary_counts
 from tcp_teardown.filters import LABELS, LabelFilter, label_filters, radix_order, set_filters
 from tcp_teardown.output import parquet_options, write_table
@@ -88,6 +88,18 @@ def reference_filters(conns: pa.Table, frames: pa.Table) -> list[LabelFilter]:
 def test_label_filters_match_a_plain_reference(seed: int) -> None:
     conns, frames = random_tables(seed)
     assert label_filters(conns, frames) == reference_filters(conns, frames)
+
+
+@pytest.mark.parametrize("limit", [12, 40])
+def test_label_filters_at_the_set_size_limit(limit: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Labels held by more rows than the limit, some with few distinct streams or frames
+    (sets written) and some with many (sets left out), as the plain reference decides."""
+    monkeypatch.setattr(filters, "MAX_TOTAL_MEMBERS", limit)
+    conns, frames = random_tables(5, rows=600)
+    got = label_filters(conns, frames)
+    assert got == reference_filters(conns, frames)
+    assert any(f.stream_filters for f in got if f.connections > limit)
+    assert any(not f.stream_filters for f in got if f.connections > limit)
 
 
 def test_label_filters_without_frames_or_connections() -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from tcp_teardown import evidence
+from tcp_teardown.arrays import fixed_text, from_numpy, repeat_text, table
 from tcp_teardown.connections import Identity, Segments, split_connections
 from tcp_teardown.evidence import KeyFrames
 from tcp_teardown.facts import Params, compute_facts
@@ -95,8 +96,8 @@ def _connections(lab: Labelled, ident: Identity, file: str) -> pa.Table:
     col = {name: values[order] for name, values in lab.columns.items()}
     keys = Grouped(lab.keys.conn, lab.keys.frame).permuted(order)
     columns = {
-        "flow_id": _text(ident.flow_id[order]),
-        "file": pa.repeat(pa.scalar(file, pa.string()), count),
+        "flow_id": fixed_text(ident.flow_id[order]),
+        "file": repeat_text(file, count),
         "tcp_stream": _nullable(ident.tcp_stream[order]),
         "client_ip": ident.text(ident.client_ip[order]),
         "client_port": ident.client_port[order],
@@ -115,7 +116,7 @@ def _connections(lab: Labelled, ident: Identity, file: str) -> pa.Table:
         "key_frames": keys.to_arrow(count, pa.int64()),
         **{name: _nullable(col[name]) for name in FRAME_COLUMNS},
     }
-    return _table(columns | {k: v for k, v in col.items() if k not in columns}, CONNECTIONS)
+    return table(columns | {k: v for k, v in col.items() if k not in columns}, CONNECTIONS)
 
 
 def _frames(lab: Labelled, ident: Identity, file: str) -> pa.Table:
@@ -124,14 +125,14 @@ def _frames(lab: Labelled, ident: Identity, file: str) -> pa.Table:
     order = _capture_order(keys.frame)
     conn = keys.conn[order]
     columns = {
-        "file": pa.repeat(pa.scalar(file, pa.string()), len(order)),
+        "file": repeat_text(file, len(order)),
         "frame_number": keys.frame[order],
-        "flow_id": _text(ident.flow_id[conn]),
+        "flow_id": fixed_text(ident.flow_id[conn]),
         "tcp_stream": _nullable(ident.tcp_stream[conn]),
         "roles": keys.roles.named_in_order(order, evidence.role_names()),
         "labels": keys.labels.named_in_order(order, evidence.LABEL_NAMES),
     }
-    return _table(columns, FRAMES)
+    return table(columns, FRAMES)
 
 
 def _capture_order(frames: np.ndarray) -> np.ndarray:
@@ -146,20 +147,11 @@ def _capture_order(frames: np.ndarray) -> np.ndarray:
     return np.argsort(frames * rows + np.arange(rows))
 
 
-def _text(values: np.ndarray) -> pa.Array:
-    return pa.array(values, pa.binary()).cast(pa.string())
-
-
 def _nullable(values: np.ndarray) -> pa.Array:
     """-1 (unknown) becomes a null."""
-    return pa.array(values, pa.int64(), mask=values < 0)
+    return from_numpy(values, pa.int64(), mask=values < 0)
 
 
 def _nullable_float(values: np.ndarray) -> pa.Array:
     """NaN (no such time) becomes a null."""
-    return pa.array(values, pa.float64(), mask=np.isnan(values))
-
-
-def _table(columns: dict[str, pa.Array | np.ndarray], schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_arrays([pa.array(columns[f.name], f.type) if isinstance(columns[f.name], np.ndarray)
-                                 else columns[f.name] for f in schema], schema=schema)
+    return from_numpy(values, pa.float64(), mask=np.isnan(values))

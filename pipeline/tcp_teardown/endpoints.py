@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tcp_teardown.arrays import from_numpy, scalar, table, to_numpy
 from tcp_teardown.codes import factorize
 from tcp_teardown.filters import radix_order, value_codes
 from tcp_teardown.schema import ENDPOINTS, HOSTS
@@ -77,13 +78,13 @@ def _columns(conns: pa.Table) -> _Conns:
     names = conns.column_names
     return _Conns(
         ips=ips, client=client, server=server,
-        client_port=conns.column("client_port").to_numpy() if "client_port" in names else None,
-        server_port=conns.column("server_port").to_numpy(),
+        client_port=to_numpy(conns.column("client_port")) if "client_port" in names else None,
+        server_port=to_numpy(conns.column("server_port")),
         open=value_codes(conns.column("open"), OPEN_VALUES),
         close=value_codes(conns.column("close"), CLOSE_VALUES),
         port_reuse=_has_flag(conns.column("flags"), Flag.PORT_REUSE_TIME_WAIT),
-        first_ts=conns.column("first_ts").to_numpy().astype(float, copy=False),
-        last_ts=conns.column("last_ts").to_numpy().astype(float, copy=False),
+        first_ts=to_numpy(conns.column("first_ts")).astype(float, copy=False),
+        last_ts=to_numpy(conns.column("last_ts")).astype(float, copy=False),
     )
 
 
@@ -97,8 +98,8 @@ def _address_codes(client: pa.ChunkedArray, server: pa.ChunkedArray) -> tuple[pa
     ips = ips.take(pc.sort_indices(ips))
 
     def positions(encoded: pa.DictionaryArray) -> np.ndarray:
-        of_entry = pc.index_in(encoded.dictionary, value_set=ips).to_numpy().astype(np.int64)
-        return of_entry[encoded.indices.to_numpy()]
+        of_entry = to_numpy(pc.index_in(encoded.dictionary, value_set=ips)).astype(np.int64)
+        return of_entry[to_numpy(encoded.indices)]
 
     return ips, positions(client_enc), positions(server_enc)
 
@@ -108,9 +109,10 @@ def _has_flag(flags: pa.ChunkedArray, flag: Flag) -> np.ndarray:
     lists = flags.combine_chunks()
     if lists.type != pa.list_(pa.string()):  # e.g. list<null> when pandas saw only empty lists
         lists = lists.cast(pa.list_(pa.string()))
-    hit = pc.fill_null(pc.equal(pc.list_flatten(lists), str(flag)), False).to_numpy(zero_copy_only=False)
+    hit = to_numpy(pc.fill_null(pc.equal(pc.list_flatten(lists), scalar(str(flag), pa.string())),
+                                scalar(False, pa.bool_())))
     found = np.zeros(len(lists), dtype=bool)
-    found[pc.list_parent_indices(lists).to_numpy()[hit]] = True
+    found[to_numpy(pc.list_parent_indices(lists))[hit]] = True
     return found
 
 
@@ -120,8 +122,8 @@ def _endpoints(cols: _Conns, hosts: pa.Table) -> pa.Table:
     count = len(keys)
     server = keys >> 32
     columns = {
-        "server_ip": cols.ips.take(server),
-        "server_port": pa.array(((keys & 0xFFFFFFFF) - 2**31).astype(np.int32)),
+        "server_ip": cols.ips.take(from_numpy(server)),
+        "server_port": ((keys & 0xFFFFFFFF) - 2**31).astype(np.int32),
         "connections": np.bincount(endpoint, minlength=count),
     }
     columns.update(_label_counts("open", OPEN_VALUES, cols.open, endpoint, count))
@@ -129,13 +131,13 @@ def _endpoints(cols: _Conns, hosts: pa.Table) -> pa.Table:
     by_server = columns[f"close_{Close.FIN_BY_SERVER}"]
     orderly = columns[f"close_{Close.FIN_BY_CLIENT}"] + by_server + columns[f"close_{Close.FIN_SIMULTANEOUS}"]
     share = by_server / np.where(orderly > 0, orderly, 1)
-    columns["server_active_close_share"] = pa.array(share, mask=orderly == 0)
+    columns["server_active_close_share"] = from_numpy(share, pa.float64(), mask=orderly == 0)
     columns["half_open_peak_per_s"] = _half_open_peak(cols, endpoint, count)
     columns["port_reuse_time_wait"] = np.bincount(endpoint[cols.port_reuse], minlength=count)
     peak_of = np.zeros(len(cols.ips), np.int64)
-    peak_of[pc.index_in(hosts.column("ip"), value_set=cols.ips).to_numpy()] = hosts.column("time_wait_peak").to_numpy()
+    peak_of[to_numpy(pc.index_in(hosts.column("ip"), value_set=cols.ips))] = to_numpy(hosts.column("time_wait_peak"))
     columns["server_time_wait_peak"] = peak_of[server]
-    return pa.Table.from_arrays([columns[name] for name in ENDPOINTS.names], schema=ENDPOINTS)
+    return table(columns, ENDPOINTS)
 
 
 def _endpoint_keys(address: np.ndarray, port: np.ndarray) -> np.ndarray:
@@ -198,9 +200,9 @@ def _hosts(cols: _Conns, until: np.ndarray) -> pa.Table:
     host = host[order]
     held = np.cumsum(held[order])  # each host's events sum to zero: one running sum serves all
     starts = np.flatnonzero(np.r_[True, host[1:] != host[:-1]])
-    return pa.Table.from_arrays([cols.ips.take(host[starts]),
-                                 np.bincount(holder)[host[starts]],
-                                 np.maximum.reduceat(held, starts)], schema=HOSTS)
+    return table({"ip": cols.ips.take(from_numpy(host[starts])),
+                  "active_closes": np.bincount(holder)[host[starts]],
+                  "time_wait_peak": np.maximum.reduceat(held, starts)}, HOSTS)
 
 
 def _time_wait_end(cols: _Conns, msl: float) -> np.ndarray:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 
 import numpy as np
 
 from tcp_teardown.connections import Segments
 from tcp_teardown.facts import Facts
 from tcp_teardown.lists import Grouped
+from tcp_teardown.rules.registry import any_of
 from tcp_teardown.vocab import CLOSE_VALUES, FLAG_VALUES, OPEN_VALUES, Close, Flag, Open, code, codes
 
 ORDERLY = codes(Close.FIN_BY_CLIENT, Close.FIN_BY_SERVER, Close.FIN_SIMULTANEOUS)
 ABORTS = codes(Close.RST_BY_CLIENT, Close.RST_BY_SERVER)
+HALF_CLOSED, NEVER_OPENED = code(Close.HALF_CLOSED), code(Close.NEVER_OPENED)
+REFUSED, SYN_ACK_NO_ACK = code(Open.REFUSED), code(Open.SYN_ACK_NO_ACK)
 
 # Key-frame labels share one code space: opens, then closes, then flags.
 LABEL_NAMES = (*OPEN_VALUES, *CLOSE_VALUES, *FLAG_VALUES)
@@ -27,6 +31,7 @@ def _role_code(role: str) -> int:
     return _ROLE_CODES.setdefault(role, len(_ROLE_CODES))
 
 
+@cache  # vocab.code searches the vocabulary; a key frame asks for the same few labels
 def _label_code(label: StrEnum) -> int:
     return LABEL_OFFSET[type(label)] + code(label)
 
@@ -76,16 +81,15 @@ def frame_of(seg: Segments, idx: np.ndarray) -> np.ndarray:
 def key_frame_rows(seg: Segments, lab: Facts) -> KeyRows:
     """Every (connection, frame, role, label) of evidence."""
     parts: list[tuple[np.ndarray, np.ndarray, int, np.ndarray | int]] = []
-    conns = np.arange(lab.count)
     open_ = lab["open"].astype(np.int16) + LABEL_OFFSET[Open]
     close = lab["close"].astype(np.int16) + LABEL_OFFSET[Close]
 
     def add(idx: np.ndarray, role: str, label: np.ndarray | StrEnum, where: np.ndarray) -> None:
-        keep = where & (idx >= 0)
-        if not keep.any():
+        chosen = np.flatnonzero(where & (idx >= 0))  # connection numbers
+        if len(chosen) == 0:
             return
-        label_codes = label[keep] if isinstance(label, np.ndarray) else _label_code(label)
-        parts.append((conns[keep], idx[keep], _role_code(role), label_codes))
+        label_codes = label[chosen] if isinstance(label, np.ndarray) else _label_code(label)
+        parts.append((chosen, idx[chosen], _role_code(role), label_codes))
 
     def add_listed(listed: Grouped, role: str, label: Flag) -> None:
         parts.append((listed.groups, listed.values, _role_code(role), _label_code(label)))
@@ -97,13 +101,13 @@ def key_frame_rows(seg: Segments, lab: Facts) -> KeyRows:
     first_fin, second_fin = lab["first_fin"], lab["second_fin"]
     close_event = lab["close_event"]
     everyone = np.ones(lab.count, bool)
-    orderly = np.isin(lab["close"], ORDERLY)
-    aborted = np.isin(lab["close"], ABORTS)
-    half_closed = lab["close"] == code(Close.HALF_CLOSED)
+    orderly = any_of(lab["close"], ORDERLY)
+    aborted = any_of(lab["close"], ABORTS)
+    half_closed = lab["close"] == HALF_CLOSED
 
     add(syn, "SYN", open_, everyone)
     add(syn, "reusing SYN", Flag.PORT_REUSE_TIME_WAIT, flag(Flag.PORT_REUSE_TIME_WAIT))
-    add(lab["syn_ack"], "SYN-ACK", open_, lab["open"] == code(Open.SYN_ACK_NO_ACK))
+    add(lab["syn_ack"], "SYN-ACK", open_, lab["open"] == SYN_ACK_NO_ACK)
     add(first_fin, "first FIN", close, orderly | half_closed)
     add(second_fin, "second FIN", close, orderly)
     # The passive side's FIN+ACK is the first FIN's ACK (also when that first FIN was inferred).
@@ -113,9 +117,9 @@ def key_frame_rows(seg: Segments, lab: Facts) -> KeyRows:
         add(lab[f"{side}_fin_revealed"], f"ACK revealing the unseen {side} FIN", close,
             orderly | half_closed)
     add(rst, "RST", close, aborted)
-    add(rst, "RST", open_, lab["open"] == code(Open.REFUSED))
+    add(rst, "RST", open_, lab["open"] == REFUSED)
     # A never-opened connection's RST (a half-open attempt given up) is its rst_frame too.
-    add(lab["first_rst"], "RST", open_, lab["close"] == code(Close.NEVER_OPENED))
+    add(lab["first_rst"], "RST", open_, lab["close"] == NEVER_OPENED)
     add(rst, "RST after FIN", Flag.RST_AFTER_FIN, flag(Flag.RST_AFTER_FIN))
     add(rst, "RST after close", Flag.RST_AFTER_CLOSE, flag(Flag.RST_AFTER_CLOSE))
     add(close_event, "server close", Flag.REFUSED_AFTER_HANDSHAKE,
@@ -153,8 +157,9 @@ def key_frame_rows(seg: Segments, lab: Facts) -> KeyRows:
 def _concat(parts: list[tuple[np.ndarray, np.ndarray, int, np.ndarray | int]]) -> KeyRows:
     sizes = [len(conn) for conn, _, _, _ in parts]
     return KeyRows(
-        conn=np.concatenate([conn for conn, _, _, _ in parts] or [np.zeros(0, np.int64)]).astype(np.int64),
-        packet=np.concatenate([packet for _, packet, _, _ in parts] or [np.zeros(0, np.int64)]).astype(np.int64),
+        conn=np.concatenate([conn for conn, _, _, _ in parts] or [np.zeros(0, np.int64)]).astype(np.int64, copy=False),
+        packet=np.concatenate([packet for _, packet, _, _ in parts]
+                              or [np.zeros(0, np.int64)]).astype(np.int64, copy=False),
         role=np.repeat(np.array([role for _, _, role, _ in parts], np.int16), sizes),
         label=np.concatenate([np.broadcast_to(np.asarray(label, np.int16), size)
                               for (_, _, _, label), size in zip(parts, sizes, strict=True)]
@@ -175,20 +180,28 @@ def _retransmitted_fins(seg: Segments, lab: Facts) -> Grouped:
 def group_key_frames(seg: Segments, rows: KeyRows) -> KeyFrames:
     """One row per (connection, frame) with the lists of its roles and labels, in frame order
     within each connection; each list in first-appearance order without repeats."""
-    # Segments are in (connection, frame) order, so sorting by packet index (then by row,
-    # to keep first appearances first) is sorting by (connection, frame): one integer key.
+    # Segments are in (connection, frame) order, so sorting by packet index (stable: first
+    # appearances stay first) is sorting by (connection, frame). Each part of the rows is
+    # already in packet order, so the stable sort merges a few sorted runs.
     count = len(rows.conn)
-    order = np.argsort(rows.packet * max(count, 1) + np.arange(count))
+    order = np.argsort(rows.packet, kind="stable")
     conn, frame = rows.conn[order], seg.frame[rows.packet[order]]
     first = np.r_[True, (conn[1:] != conn[:-1]) | (frame[1:] != frame[:-1])] if count else np.zeros(0, bool)
     key_id = np.cumsum(first) - 1
+    longest = int(np.diff(np.r_[np.flatnonzero(first), count]).max()) if count else 0
     lists = {}
     for column, size in (("role", len(_ROLE_CODES)), ("label", len(LABEL_NAMES))):
         values = getattr(rows, column)[order].astype(np.int64)
-        # First appearance of each (key, value): sort by (key, value, position), keep run starts.
-        pair = key_id * size + values
-        by_pair = np.argsort(pair * max(count, 1) + np.arange(count))
-        sorted_pair = pair[by_pair]
-        keep = np.sort(by_pair[np.r_[True, sorted_pair[1:] != sorted_pair[:-1]]]) if count else by_pair
+        keep = _first_appearances(key_id * size + values, longest)
         lists[column] = Grouped(key_id[keep], values[keep].astype(np.int16))
     return KeyFrames(conn[first], frame[first], lists["role"], lists["label"])
+
+
+def _first_appearances(pair: np.ndarray, longest: int) -> np.ndarray:
+    """Where each (key, value) pair appears first; the rows of a key are contiguous and at
+    most `longest` long, so an earlier equal pair lies fewer than `longest` rows back."""
+    repeated = np.zeros(len(pair), dtype=bool)
+    # A key has at most one row per part of the evidence (a few dozen): few look-backs.
+    for back in range(1, longest):
+        repeated[back:] |= pair[back:] == pair[:-back]
+    return ~repeated

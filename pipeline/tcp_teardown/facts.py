@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tcp_teardown import tcpflags as tf
-from tcp_teardown.connections import Segments
+from tcp_teardown.connections import Segments, first_per_group, last_per_group
 from tcp_teardown.lists import Grouped
 
 NONE = -1
@@ -57,85 +57,120 @@ class Facts:
 def compute_facts(seg: Segments, pair: np.ndarray, params: Params) -> Facts:
     """The evidence of every connection of `seg`; `pair` is each connection's 4-tuple code."""
     f = Facts(seg.count)
-    c2s, s2c = seg.c2s, ~seg.c2s
-    flags = seg.flags
-    rst, fin, ackf = tf.is_rst(flags), tf.is_fin(flags), tf.has_ack(flags)
-    pure_syn, syn_ack = tf.is_pure_syn(flags), tf.is_syn_ack(flags)
+    rows = _Rows.of(seg)
+    _totals(seg, f)
+    _opening(seg, f, rows)
+    _fins(seg, f, rows)
+    _close(seg, f)
 
+    # TTL per side, for RSTs a middlebox forged.
+    f.lists["suspect_rst"] = _suspect_rsts(seg, rows.rst)
+    f["suspect_rsts"] = f.lists["suspect_rst"].sizes(seg.count)
+
+    # SYN-ACK retransmission gaps.
+    f.lists["syn_ack_intervals"] = _gaps(seg, rows.server_syn_ack)
+    f.lists["syn_ack_packets"] = _packets(seg, rows.server_syn_ack)
+    f.lists["syn_packets"] = _packets(seg, rows.client_syn)
+    f.lists["fin_packets"] = _packets(seg, rows.fin)
+    f["pair"] = pair
+    return f
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The packets the facts look at, found once: per-packet masks of the common kinds, and
+    the (few) packets of each rare kind as ascending indices, so that later steps work on
+    those rows rather than on every packet."""
+
+    acking: np.ndarray  # mask: carries an ACK and is no RST
+    rst: np.ndarray  # indices of RSTs
+    fin: np.ndarray  # indices of FINs
+    client_syn: np.ndarray  # indices of the client's SYNs (without ACK)
+    server_syn_ack: np.ndarray  # indices of the server's SYN-ACKs
+    client_ack: np.ndarray  # mask: the client's plain ACKs (no SYN, no RST)
+    server_ack: np.ndarray  # mask: the server's plain ACKs (no SYN, no RST)
+
+    @staticmethod
+    def of(seg: Segments) -> _Rows:
+        flags, c2s = seg.flags, seg.c2s
+        opening = np.flatnonzero((flags & (tf.SYN | tf.RST)) == tf.SYN)
+        opening_acks, opening_c2s = tf.has_ack(flags[opening]), c2s[opening]
+        plain_ack = (flags & (tf.SYN | tf.ACK | tf.RST)) == tf.ACK
+        return _Rows(
+            acking=(flags & (tf.ACK | tf.RST)) == tf.ACK,
+            rst=np.flatnonzero(tf.is_rst(flags)),
+            fin=np.flatnonzero(tf.is_fin(flags)),
+            client_syn=opening[~opening_acks & opening_c2s],
+            server_syn_ack=opening[opening_acks & ~opening_c2s],
+            client_ack=plain_ack & c2s,
+            server_ack=plain_ack & ~c2s,
+        )
+
+
+def _totals(seg: Segments, f: Facts) -> None:
+    """Times, packets and payload bytes per connection and direction."""
     f["first"], f["last"] = seg.starts, seg.ends - 1
     f["first_ts"] = np.minimum.reduceat(seg.ts, seg.starts) if seg.count else []
     f["last_ts"] = np.maximum.reduceat(seg.ts, seg.starts) if seg.count else []
-    f["packets_c2s"] = seg.count_where(c2s)
-    f["packets_s2c"] = seg.count_where(s2c)
-    f["bytes_c2s"] = np.bincount(seg.conn, weights=seg.payload * c2s, minlength=seg.count).astype(np.int64)
-    f["bytes_s2c"] = np.bincount(seg.conn, weights=seg.payload * s2c, minlength=seg.count).astype(np.int64)
+    f["packets_c2s"] = seg.count_where(seg.c2s)
+    f["packets_s2c"] = seg.sizes - f["packets_c2s"]
+    f["bytes_c2s"] = seg.sum_over(seg.payload * seg.c2s)
+    f["bytes_s2c"] = seg.sum_over(seg.payload) - f["bytes_c2s"]
 
-    # Opening.
-    client_syn = pure_syn & c2s
-    f["syn"] = seg.first_where(client_syn)
-    f["syn_count"] = seg.count_where(client_syn)
-    f["syn_ts"] = np.where(f["syn"] >= 0, seg.ts[np.maximum(f["syn"], 0)] if len(flags) else 0, np.nan)
-    acking = ackf & ~rst
+
+def _opening(seg: Segments, f: Facts, rows: _Rows) -> None:
+    """The handshake: SYN, SYN-ACK, the ACK completing it, and what refused or challenged it."""
+    f["syn"] = syn = seg.first_among(rows.client_syn)
+    f["syn_count"] = seg.count_where(rows.client_syn)
+    f["syn_ts"] = np.where(syn >= 0, seg.ts[np.maximum(syn, 0)] if len(seg.flags) else 0, np.nan)
+    acking = rows.acking
     f["acking_packets"] = seg.count_where(acking)
     # Acknowledgements that moved: the peer sent something (seen on the wire or not) while
     # the capture ran. In a one-direction capture this is the only trace of the other side.
-    position = np.arange(len(flags))
-    first_acking = seg.first_where(acking)
-    first_ack_value = np.where(first_acking >= 0, seg.ack[np.maximum(first_acking, 0)] if len(flags) else 0, -1)
+    first_acking = seg.first_between(acking, seg.starts - 1, seg.ends)
+    first_ack_value = np.where(first_acking >= 0, seg.ack[np.maximum(first_acking, 0)] if len(seg.flags) else 0, -1)
     f["ack_moves"] = seg.count_where(acking & (seg.ack != seg.per_packet(first_ack_value)))
-    server_syn_ack = syn_ack & s2c
-    f["syn_ack"] = seg.first_where(server_syn_ack)
-    f["last_syn_ack"] = seg.last_where(server_syn_ack)
-    f["syn_ack_count"] = seg.count_where(server_syn_ack)
-    after_syn = position > seg.per_packet(f["syn"])
-    after_syn_ack = position > seg.per_packet(f["syn_ack"])
-    has_syn_ack = seg.per_packet(f["syn_ack"]) >= 0
-    server_seen = seg.per_packet(f["packets_s2c"]) > 0
-    client_ack = c2s & ackf & ~rst & ~tf.is_syn(flags)
+    f["syn_ack"] = syn_ack = seg.first_among(rows.server_syn_ack)
+    f["last_syn_ack"] = last_syn_ack = seg.last_among(rows.server_syn_ack)
+    f["syn_ack_count"] = seg.count_where(rows.server_syn_ack)
+
     # A RST after the (last) SYN-ACK ends the attempt: a client ACK after it does not complete
     # the handshake (SYN, SYN-ACK, client RST is a half-open scan; a later ACK is a stray).
-    last_syn_ack = seg.per_packet(f["last_syn_ack"])
-    closing_rst = rst & (position > last_syn_ack)
-    first_closing_rst = seg.per_packet(seg.first_where(closing_rst))
-    before_reset = (first_closing_rst < 0) | (position < first_closing_rst)
-    completes = (client_ack & before_reset
-                 & np.where(has_syn_ack, after_syn_ack, after_syn & ~server_seen))
-    f["handshake_ack"] = np.where(f["syn"] >= 0, seg.first_where(completes), NONE)
-    bare_server_ack = s2c & ackf & ~rst & ~tf.is_syn(flags) & after_syn
-    before_syn_ack = ~has_syn_ack | ~after_syn_ack
-    f["challenge_ack"] = np.where(
-        f["syn"] >= 0, seg.first_where(bare_server_ack & before_syn_ack), NONE
-    )
+    rst_conn = seg.conn[rows.rst]
+    closing_rst = rows.rst[rows.rst > last_syn_ack[rst_conn]]
+    first_closing_rst = seg.first_among(closing_rst)
+    # The client's ACK completes the handshake after the SYN-ACK; with no SYN-ACK captured,
+    # after the SYN when the server is not on the wire at all (one-direction capture).
+    # (Without a SYN there is no handshake: an empty window, past the connection's end.)
+    completes_after = np.where(syn < 0, seg.ends, np.where(
+        syn_ack >= 0, syn_ack, np.where(f["packets_s2c"] > 0, seg.ends, syn)))
+    before_reset = np.where(first_closing_rst >= 0, first_closing_rst, seg.ends)
+    f["handshake_ack"] = seg.first_between(rows.client_ack, completes_after, before_reset)
+    # A bare server ACK after the SYN, up to the SYN-ACK (if any), challenges the SYN.
+    through_syn_ack = np.where(syn_ack >= 0, syn_ack + 1, seg.ends)
+    f["challenge_ack"] = seg.first_between(rows.server_ack, np.where(syn >= 0, syn, seg.ends), through_syn_ack)
     # A refusal acknowledges the SYN it refuses (RST+ACK, ack = ISN + 1); a client in
     # SYN-SENT ignores any other RST, and so do we.
-    refusing = np.flatnonzero(s2c & rst & before_syn_ack & after_syn)
-    isn_end = seg.seq[np.maximum(f["syn"][seg.conn[refusing]], 0)] + 1
-    answers_syn = ~ackf[refusing] | (tf.seq_diff(seg.ack[refusing], isn_end) == 0)
+    rst_syn_ack = syn_ack[rst_conn]
+    refusing = rows.rst[~seg.c2s[rows.rst] & ((rst_syn_ack < 0) | (rows.rst <= rst_syn_ack))
+                        & (rows.rst > syn[rst_conn])]
+    isn_end = seg.seq[np.maximum(syn[seg.conn[refusing]], 0)] + 1
+    answers_syn = ~tf.has_ack(seg.flags[refusing]) | (tf.seq_diff(seg.ack[refusing], isn_end) == 0)
     f["server_rst_before_syn_ack"] = seg.first_among(refusing[answers_syn])
 
     # RSTs: one answered by a later SYN-ACK belongs to the opening (TIME_WAIT challenge).
-    f["rst"] = seg.first_where(closing_rst)
-    f["first_rst"] = seg.first_where(rst)
+    f["rst"] = seg.first_among(closing_rst)
+    f["first_rst"] = seg.first_among(rows.rst)
     f["rst_by_client"] = _at(seg.c2s, f["rst"])
 
-    # FINs: where each side's FIN sits in sequence space and which frame acknowledges it.
-    for side, mine in (("client", c2s), ("server", s2c)):
-        fins = np.flatnonzero(fin & mine)
-        fin_idx = seg.first_among(fins)
-        f[f"{side}_fin"] = fin_idx
-        fin_end = tf.seq_mod(np.where(fin_idx >= 0, seg.seq[np.maximum(fin_idx, 0)]
-                                      + seg.payload[np.maximum(fin_idx, 0)] + 1, 0))
-        f[f"{side}_fin_end"] = fin_end
-        per_fin = seg.per_packet(fin_idx)
-        # The ACK test runs on the other side's acknowledgements after the FIN only.
-        candidates = np.flatnonzero(~mine & acking & (per_fin >= 0) & (position > per_fin))
-        covering = tf.covers(seg.ack[candidates], fin_end[seg.conn[candidates]])
-        f[f"{side}_fin_ack"] = seg.first_among(candidates[covering])
-        same = (tf.seq_mod(seg.seq[fins] + seg.payload[fins])
-                == tf.seq_mod(fin_end[seg.conn[fins]] - 1))
-        f[f"{side}_fin_count"] = seg.count_where(fins[same])
-        f[f"{side}_fin_last"] = seg.last_among(fins[same])
-    _infer_unseen_fin(seg, f, ackf & ~rst)
+
+def _fins(seg: Segments, f: Facts, rows: _Rows) -> None:
+    """Each side's FIN: where it sits in sequence space, which frame acknowledges it, how
+    often it was sent; then which FIN came first and whether they crossed."""
+    fin_by_client = seg.c2s[rows.fin]
+    _side_fin(seg, f, "client", rows.fin[fin_by_client], ~seg.c2s, rows.acking)
+    _side_fin(seg, f, "server", rows.fin[~fin_by_client], seg.c2s, rows.acking)
+    _infer_unseen_fin(seg, f, rows.acking)
     cf, sf = f["client_fin"], f["server_fin"]
     c_inferred, s_inferred = f["client_fin_inferred"], f["server_fin_inferred"]
     # An inferred FIN has no frame: it shows at the ACK that reveals it, and was sent before
@@ -156,7 +191,9 @@ def compute_facts(seg: Segments, pair: np.ndarray, params: Params) -> Facts:
     f["first_fin_by_client"] = client_first
     first_end = np.where(client_first, f["client_fin_end"], f["server_fin_end"])
     second = f["second_fin"]
-    second_acks_first = _at(ackf, second) & tf.covers(seg.ack[np.maximum(second, 0)], first_end)
+    second_flags = seg.flags[np.maximum(second, 0)] if len(seg.flags) else np.zeros(len(second), np.int16)
+    second_acks_first = ((second >= 0) & tf.has_ack(second_flags)
+                         & tf.covers(seg.ack[np.maximum(second, 0)], first_end))
     f["fins_crossed"] = both & ~second_acks_first
     first_fin_ack = np.where(client_first, f["client_fin_ack"], f["server_fin_ack"])
     f["first_fin_ack"] = np.where(first_inferred, f["first_fin_at"], first_fin_ack)  # revealing ACK acks it
@@ -166,7 +203,33 @@ def compute_facts(seg: Segments, pair: np.ndarray, params: Params) -> Facts:
         np.maximum(f["client_fin_ack"], f["server_fin_ack"]), NONE,
     )
 
-    # The close event (first FIN or closing RST) and the silence before it.
+
+def _side_fin(seg: Segments, f: Facts, side: str, fins: np.ndarray, other_side: np.ndarray,
+              acking: np.ndarray) -> None:
+    """One side's FINs (ascending indices `fins`): the first, where it ends in sequence
+    space, the other side's first ACK covering it, and how often (last when) it was sent."""
+    conn = seg.conn[fins]
+    seq_end = tf.seq_mod(seg.seq[fins] + seg.payload[fins])  # sequence number the FIN occupies
+    fin_idx = first_per_group(conn, fins, seg.count)
+    f[f"{side}_fin"] = fin_idx
+    fin_end = np.zeros(seg.count, dtype=np.int64)
+    has_fin = fin_idx >= 0
+    fin_end[has_fin] = tf.seq_mod(first_per_group(conn, seq_end, seg.count)[has_fin] + 1)
+    f[f"{side}_fin_end"] = fin_end
+    # The ACK test runs on the other side's acknowledgements after the FIN only.
+    after_fin = seg.packets_after(fin_idx)
+    candidates = after_fin[other_side[after_fin] & acking[after_fin]]
+    covering = tf.covers(seg.ack[candidates], fin_end[seg.conn[candidates]])
+    f[f"{side}_fin_ack"] = seg.first_among(candidates[covering])
+    # The same FIN sent again ends at the same sequence number.
+    same = seq_end == tf.seq_mod(fin_end[conn] - 1)
+    f[f"{side}_fin_count"] = np.bincount(conn[same], minlength=seg.count).astype(np.int64)
+    f[f"{side}_fin_last"] = last_per_group(conn[same], fins[same], seg.count)
+
+
+def _close(seg: Segments, f: Facts) -> None:
+    """The close event (first FIN or closing RST), the silence before it, who closed, and
+    the payload sent up to it."""
     rst_idx = f["rst"]
     ff = f["first_fin_at"]
     by_fin = (ff >= 0) & ((rst_idx < 0) | (ff < rst_idx))
@@ -179,24 +242,13 @@ def compute_facts(seg: Segments, pair: np.ndarray, params: Params) -> Facts:
     # A clock stepping back makes a negative "silence": no silence can be read there.
     f["idle_before_close_s"] = np.where(has_prev & (gap >= 0), gap, np.nan)
     # Who closed: the first FIN's side (an inferred FIN shows at the other side's ACK), or the RST's.
-    f["close_event_by_client"] = np.where(by_fin, client_first, _at(seg.c2s, close_event))
+    f["close_event_by_client"] = np.where(by_fin, f["first_fin_by_client"], _at(seg.c2s, close_event))
     f["close_ts"] = np.where(has_event, seg.ts[np.maximum(close_event, 0)], np.nan)
-    payload_before = seg.payload * (position <= seg.per_packet(np.where(has_event, close_event, 0)))
-    f["payload_before_close"] = np.bincount(seg.conn, weights=payload_before, minlength=seg.count).astype(np.int64)
+    # Payload at packet positions up to the close event (position 0 stands in for a
+    # connection without one).
+    f["payload_before_close"] = seg.sum_before(seg.payload, np.where(has_event, close_event, 0) + 1)
     hs = f["handshake_ack"]
     f["handshake_ts"] = np.where(hs >= 0, seg.ts[np.maximum(hs, 0)], np.nan)
-
-    # TTL per side, for RSTs a middlebox forged.
-    f.lists["suspect_rst"] = _suspect_rsts(seg, rst)
-    f["suspect_rsts"] = f.lists["suspect_rst"].sizes(seg.count)
-
-    # SYN-ACK retransmission gaps.
-    f.lists["syn_ack_intervals"] = _gaps(seg, server_syn_ack)
-    f.lists["syn_ack_packets"] = _packets(seg, server_syn_ack)
-    f.lists["syn_packets"] = _packets(seg, client_syn)
-    f.lists["fin_packets"] = _packets(seg, fin)
-    f["pair"] = pair
-    return f
 
 
 def _infer_unseen_fin(seg: Segments, f: Facts, acking: np.ndarray) -> None:
@@ -209,8 +261,8 @@ def _infer_unseen_fin(seg: Segments, f: Facts, acking: np.ndarray) -> None:
     for side in ("client", "server"):
         f[f"{side}_fin_inferred"] = False
         f[f"{side}_fin_revealed"] = NONE
-    one_way = (f["packets_c2s"] == 0) | (f["packets_s2c"] == 0)
-    idx = np.flatnonzero(acking & seg.per_packet(one_way)) if one_way.any() else np.zeros(0, np.int64)
+    one_way = seg.packets_of((f["packets_c2s"] == 0) | (f["packets_s2c"] == 0))
+    idx = one_way[acking[one_way]]
     if len(idx) == 0:
         return
     conn, ack = seg.conn[idx], seg.ack[idx]
@@ -236,29 +288,38 @@ def _at(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 def _suspect_rsts(seg: Segments, rst: np.ndarray) -> Grouped:
-    """Per connection, the RSTs (packet indices) whose TTL differs from every non-RST packet of that side."""
-    if not rst.any():
+    """Per connection, the RSTs (ascending packet indices `rst`) whose TTL differs from every
+    non-RST packet of that side."""
+    if len(rst) == 0:
         return Grouped.empty(np.int64)
-    side = seg.conn.astype(np.int64) * 2 + seg.c2s
+    # Only the sides of connections with a RST need their usual TTL range.
+    with_rst = np.zeros(seg.count, dtype=bool)
+    with_rst[seg.conn[rst]] = True
+    packets = seg.packets_of(with_rst)
+    usual = packets[~tf.is_rst(seg.flags[packets])]
+
+    def side(at: np.ndarray) -> np.ndarray:
+        return seg.conn[at].astype(np.int64) * 2 + seg.c2s[at]
+
     usual_min = np.full(2 * seg.count, np.iinfo(np.int16).max, dtype=np.int16)
     usual_max = np.full(2 * seg.count, -1, dtype=np.int16)
-    np.minimum.at(usual_min, side[~rst], seg.ttl[~rst])
-    np.maximum.at(usual_max, side[~rst], seg.ttl[~rst])
-    at = np.flatnonzero(rst)  # already in (connection, frame) order
-    ttl, rst_side = seg.ttl[at], side[at]
+    usual_side, usual_ttl = side(usual), seg.ttl[usual]
+    np.minimum.at(usual_min, usual_side, usual_ttl)
+    np.maximum.at(usual_max, usual_side, usual_ttl)
+    ttl, rst_side = seg.ttl[rst], side(rst)
     seen = usual_max[rst_side] >= 0  # a side with no other packet has no usual TTL
     odd = seen & ((ttl < usual_min[rst_side]) | (ttl > usual_max[rst_side]))
-    return Grouped(seg.conn[at[odd]], at[odd])
+    return Grouped(seg.conn[rst[odd]], rst[odd])
 
 
-def _packets(seg: Segments, mask: np.ndarray) -> Grouped:
-    """Per connection, the indices of its packets where `mask` holds."""
-    hits = np.flatnonzero(mask)
-    return Grouped(seg.conn[hits], hits)
+def _packets(seg: Segments, rows: np.ndarray) -> Grouped:
+    """Per connection, its packets among these (ascending) indices."""
+    return Grouped(seg.conn[rows], rows)
 
 
-def _gaps(seg: Segments, mask: np.ndarray) -> Grouped:
-    conn, ts = seg.conn[mask], seg.ts[mask]
+def _gaps(seg: Segments, rows: np.ndarray) -> Grouped:
+    """Per connection, the time between consecutive packets among these (ascending) indices."""
+    conn, ts = seg.conn[rows], seg.ts[rows]
     same = np.r_[False, conn[1:] == conn[:-1]] if len(conn) else np.zeros(0, bool)
     gaps = np.r_[0.0, np.diff(ts)] if len(ts) else np.zeros(0)
     return Grouped(conn[same], np.round(gaps[same], 6))

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tcp_teardown.arrays import scalar, strings, to_numpy
 from tcp_teardown.vocab import CLOSE_VALUES, FLAG_VALUES, OPEN_VALUES
 
 MAX_SET_MEMBERS = 500
@@ -74,21 +75,27 @@ def label_filters(conns: pa.Table, frames: pa.Table) -> list[LabelFilter]:
     labels = _label_order(conns.column("open"), conns.column("close"), flags)
     keys = _Keys(len(files), len(labels))
     conn_file = _file_codes(conns.column("file"), files)
-    stream = pc.fill_null(conns.column("tcp_stream"), -1).to_numpy()
+    stream = to_numpy(pc.fill_null(conns.column("tcp_stream"), scalar(-1, pa.int64())))
     flag_rows = _parent_indices(conns.column("flags"))
     conn_key = np.concatenate([keys.of(conn_file, value_codes(conns.column("open"), labels)),
                                keys.of(conn_file, value_codes(conns.column("close"), labels)),
                                keys.of(conn_file[flag_rows], value_codes(flags, labels))])
     conn_stream = np.concatenate([stream, stream, stream[flag_rows]])
     counts = np.bincount(conn_key, minlength=keys.count)
-    streams = _split(np.where(conn_stream >= 0, conn_key, keys.dropped), conn_stream, keys.count)
-    key_frames = _split(*_frame_keys(frames, files, labels, keys), keys.count)
+    streams = _distinct_per_key(np.where(conn_stream >= 0, conn_key, keys.dropped), conn_stream, keys.count)
+    frame_key, frame_number = _frame_keys(frames, files, labels, keys)
+    key_frames = _distinct_per_key(frame_key, frame_number, keys.count)
+    frame_counts = np.bincount(frame_key, minlength=keys.count)
     file_names = files.to_pylist()
     return [LabelFilter(str(file_names[file]), labels[label], int(counts[key]),
-                        set_filters("tcp.stream", streams[key]),
-                        set_filters("frame.number", key_frames[key]),
-                        len(key_frames[key]))
+                        _sets("tcp.stream", streams[key]),
+                        _sets("frame.number", key_frames[key]),
+                        int(frame_counts[key]))
             for key, file, label in keys.present(counts)]
+
+
+def _sets(field: str, members: np.ndarray | None) -> tuple[str, ...]:
+    return () if members is None else set_filters(field, members)
 
 
 @dataclass(frozen=True)
@@ -127,10 +134,12 @@ def _frame_keys(frames: pa.Table, files: pa.Array, labels: list[str], keys: _Key
     """The key and the frame number of every label of every key frame."""
     if frames.num_rows == 0:
         return np.zeros(0, np.int32), np.zeros(0, np.int64)
-    per_frame = pc.fill_null(pc.list_value_length(frames.column("labels")), 0).to_numpy()
-    file = np.repeat(_file_codes(frames.column("file"), files), per_frame)
+    per_frame = to_numpy(pc.fill_null(pc.list_value_length(frames.column("labels")), scalar(0, pa.int32())))
+    file_of_frame = _file_codes(frames.column("file"), files)
+    one_file = (file_of_frame == file_of_frame[0]).all()  # the usual case: no need to repeat it per label
+    file = file_of_frame[0] if one_file else np.repeat(file_of_frame, per_frame)
     label = value_codes(pc.list_flatten(frames.column("labels")), labels)
-    return keys.of(file, label), np.repeat(frames.column("frame_number").to_numpy(), per_frame)
+    return keys.of(file, label), np.repeat(to_numpy(frames.column("frame_number")), per_frame)
 
 
 def _label_order(*columns: pa.ChunkedArray) -> list[str]:
@@ -148,13 +157,13 @@ def value_codes(column: pa.ChunkedArray, values: Sequence[str]) -> np.ndarray:
 
     A dictionary column is looked up once per dictionary entry, not per row."""
     missing = len(values)
-    value_set = pa.array(list(values), pa.string())
+    value_set = strings(list(values))
     parts = [np.zeros(0, np.int32)]
     for chunk in column.chunks:
         if pa.types.is_dictionary(chunk.type):
             lookup = np.append(_positions(chunk.dictionary, value_set, missing), np.int32(missing))
-            indices = pc.fill_null(chunk.indices.cast(pa.int32()), len(chunk.dictionary))
-            parts.append(lookup[indices.to_numpy()])
+            indices = pc.fill_null(chunk.indices.cast(pa.int32()), scalar(len(chunk.dictionary), pa.int32()))
+            parts.append(lookup[to_numpy(indices)])
         else:
             parts.append(_positions(chunk, value_set, missing))
     return np.concatenate(parts)
@@ -177,22 +186,43 @@ def _file_codes(column: pa.ChunkedArray, files: pa.Array) -> np.ndarray:
 
 def _positions(values: pa.Array, value_set: pa.Array, missing: int) -> np.ndarray:
     found = pc.index_in(values, value_set=value_set)
-    return pc.fill_null(found, missing).to_numpy().astype(np.int32, copy=False)
+    return to_numpy(pc.fill_null(found, scalar(missing, pa.int32()))).astype(np.int32, copy=False)
 
 
 def _parent_indices(lists: pa.ChunkedArray) -> np.ndarray:
     """The row of each list element, over all chunks."""
     parts, offset = [np.zeros(0, np.int64)], 0
     for chunk in lists.chunks:
-        parts.append(pc.list_parent_indices(chunk).to_numpy() + offset)
+        parts.append(to_numpy(pc.list_parent_indices(chunk)) + offset)
         offset += len(chunk)
     return np.concatenate(parts)
 
 
-def _split(keys: np.ndarray, values: np.ndarray, n_keys: int) -> list[np.ndarray]:
-    """The values of each key 0..n_keys-1, each in the order of the rows."""
-    bounds = np.cumsum(np.bincount(keys, minlength=n_keys))[:-1]
-    return np.split(values[radix_order(keys, n_keys)], bounds)
+def _distinct_per_key(keys: np.ndarray, values: np.ndarray, n_keys: int) -> list[np.ndarray | None]:
+    """The distinct values of each key 0..n_keys-1, ascending; None for a key with more
+    than MAX_TOTAL_MEMBERS of them (its sets are not written).
+
+    Keys with few rows are split by one radix sort. A key with more rows than that may
+    still have few distinct values, so it is counted on a bitmap of its value range
+    instead of being sorted: the common labels of a large capture cost a pass, not a sort.
+    """
+    rows = np.bincount(keys, minlength=n_keys)
+    many = rows > MAX_TOTAL_MEMBERS
+    few = ~many[keys]
+    found: list[np.ndarray | None] = [None] * n_keys
+    few_keys = keys[few]
+    bounds = np.cumsum(np.bincount(few_keys, minlength=n_keys))[:-1]
+    for key, part in enumerate(np.split(values[few][radix_order(few_keys, n_keys)], bounds)):
+        if not many[key]:
+            found[key] = _sorted_unique(part)
+    for key in np.flatnonzero(many).tolist():
+        part = values[keys == key]
+        low = int(part.min())
+        seen = np.zeros(int(part.max()) - low + 1, dtype=bool)
+        seen[part - low] = True
+        if np.count_nonzero(seen) <= MAX_TOTAL_MEMBERS:
+            found[key] = np.flatnonzero(seen) + low
+    return found
 
 
 def radix_order(keys: np.ndarray, limit: int, order: np.ndarray | None = None) -> np.ndarray:

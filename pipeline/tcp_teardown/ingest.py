@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from tcp_teardown import tshark as ts
+from tcp_teardown.arrays import from_numpy, scalar, to_numpy
 from tcp_teardown.errors import ExitCode, TeardownError
 from tcp_teardown.schema import PACKETS
 
@@ -376,21 +377,23 @@ EK_SCHEMA = pa.schema(
 def _innermost(column: pa.Array) -> pa.Array:
     """Last occurrence of a repeated EK field: the innermost header of an encapsulation."""
     lists = column if isinstance(column, pa.ListArray) else pa.array(column)
-    offsets = lists.offsets.to_numpy(zero_copy_only=False)
+    offsets = to_numpy(lists.offsets)
     has_value = np.diff(offsets) > 0
-    has_value &= ~np.asarray(lists.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    has_value &= ~to_numpy(lists.is_null())
     last = np.where(has_value, offsets[1:] - 1, 0)
     values = lists.values
     if len(values) == 0:
         return pa.nulls(len(lists), pa.string())
-    return pc.if_else(pa.array(has_value), pc.take(values, pa.array(last)), pa.scalar(None, pa.string()))
+    return pc.if_else(from_numpy(has_value), pc.take(values, from_numpy(last)), scalar(None, pa.string()))
 
 
 def _hex(column: pa.Array) -> pa.Array:
     """'0x0018' -> 24, parsed once per distinct value (flags and IP IDs repeat a lot)."""
     encoded = pc.dictionary_encode(column)
-    uniques = [int(text, 16) if text else None for text in encoded.dictionary.to_pylist()]
-    return pc.take(pa.array(uniques, pa.int64()), encoded.indices)
+    texts = encoded.dictionary.to_pylist()
+    uniques = np.array([int(text, 16) if text else 0 for text in texts], dtype=np.int64)
+    return pc.take(from_numpy(uniques, pa.int64(), mask=np.array([not text for text in texts], dtype=bool)),
+                   encoded.indices)
 
 
 def _parse(column: pa.Array, kind: str) -> pa.Array:
@@ -439,27 +442,27 @@ def _ek_to_packets(batch: pa.RecordBatch) -> pa.RecordBatch:
            for f in ts.FIELDS}
     n = len(layers)
     if n == 0:
-        return pa.RecordBatch.from_pylist([], schema=PACKETS)
+        return pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in PACKETS], schema=PACKETS)
     is_v6 = _ipv6_is_innermost(raw)
     src_ip = pc.if_else(is_v6, raw["ipv6_src"], raw["ip_src"])
     dst_ip = pc.if_else(is_v6, raw["ipv6_dst"], raw["ip_dst"])
     ttl = pc.if_else(is_v6, raw["ipv6_hlim"], raw["ip_ttl"])
-    ip_id = pc.if_else(is_v6, pa.scalar(None, pa.int64()), raw["ip_id"])
+    ip_id = pc.if_else(is_v6, scalar(None, pa.int64()), raw["ip_id"])
     valid = pc.and_(pc.is_valid(src_ip), pc.is_valid(raw["src_port"]))
     columns = {
         "frame_number": raw["frame_number"],
         "ts": raw["ts"],
-        "ip_version": pc.if_else(is_v6, 6, 4),
+        "ip_version": pc.if_else(is_v6, scalar(6, pa.int64()), scalar(4, pa.int64())),
         "src_ip": src_ip,
         "dst_ip": dst_ip,
         "src_port": raw["src_port"],
         "dst_port": raw["dst_port"],
         "tcp_flags": raw["tcp_flags"],
         "seq_raw": raw["seq_raw"],
-        "ack_raw": pc.fill_null(raw["ack_raw"], 0),
-        "payload_len": pc.fill_null(raw["payload_len"], 0),
-        "window": pc.fill_null(raw["window"], 0),
-        "ttl": pc.fill_null(ttl, 0),
+        "ack_raw": pc.fill_null(raw["ack_raw"], _ZERO),
+        "payload_len": pc.fill_null(raw["payload_len"], _ZERO),
+        "window": pc.fill_null(raw["window"], _ZERO),
+        "ttl": pc.fill_null(ttl, _ZERO),
         "ip_id": ip_id,
         "tcp_stream": raw["tcp_stream"],
     }
@@ -467,6 +470,9 @@ def _ek_to_packets(batch: pa.RecordBatch) -> pa.RecordBatch:
     _check_rows(rows)
     arrays = [pc.cast(rows[f.name], f.type) for f in PACKETS]
     return pa.RecordBatch.from_arrays(arrays, schema=PACKETS)
+
+
+_ZERO = scalar(0, pa.int64())
 
 
 def _check_rows(rows: dict[str, pa.Array]) -> None:
@@ -495,7 +501,7 @@ def _ipv6_is_innermost(raw: dict[str, pa.Array]) -> pa.Array:
     """
     has_v4 = pc.is_valid(raw["ip_src"])
     has_v6 = pc.is_valid(raw["ipv6_src"])
-    v4_carries_tcp = pc.fill_null(pc.equal(raw["ip_proto"], 6), False)
+    v4_carries_tcp = pc.fill_null(pc.equal(raw["ip_proto"], scalar(6, pa.int64())), scalar(False, pa.bool_()))
     return pc.and_(has_v6, pc.or_(pc.invert(has_v4), pc.invert(v4_carries_tcp)))
 
 

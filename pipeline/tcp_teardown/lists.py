@@ -6,12 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-# Packing a list of codes into one int64: 6 bits a code (+1, so 0 ends the list), 10 codes.
-_BITS = 6
-_DIGIT = 1 << _BITS
-_DIGITS = 63 // _BITS
+from tcp_teardown.arrays import from_numpy, strings
 
 
 @dataclass(frozen=True)
@@ -63,28 +59,24 @@ class Grouped:
         return grouped_list(self.groups, self.values, count, value_type)
 
     def named_in_order(self, order: np.ndarray, names: list[str] | tuple[str, ...]) -> pa.ListArray:
-        """`self.permuted(order).named(...)` for short lists of few distinct combinations
-        (the roles and labels of key frames): each group's list is packed into one integer,
-        the distinct lists are named once, and rows take theirs, with no per-value work."""
+        """`self.permuted(order).named(...)` in one move: the values are gathered straight
+        into their new places and named by taking from the few `names`."""
         count = len(order)
         sizes = self.sizes(count)
+        new_sizes = sizes[order]
+        offsets = np.zeros(count + 1, dtype=np.int32)
+        np.cumsum(new_sizes, out=offsets[1:])
         starts = np.cumsum(sizes) - sizes
-        position = np.arange(len(self.groups)) - starts[self.groups]
-        if len(names) >= _DIGIT or (len(position) and position.max() >= _DIGITS) or (sizes == 0).any():
-            return self.permuted(order).named(count, names)
-        digits = (self.values.astype(np.int64) + 1) << (position * _BITS)
-        packed = np.add.reduceat(digits, starts) if count else np.zeros(0, np.int64)
-        combination = pc.dictionary_encode(pa.array(packed[order]))
-        distinct = combination.dictionary.to_numpy()
-        lists = [[names[(int(code) >> (i * _BITS)) % _DIGIT - 1] for i in range(_DIGITS)
-                  if (int(code) >> (i * _BITS)) % _DIGIT] for code in distinct]
-        return pa.array(lists, pa.list_(pa.string())).take(combination.indices)
+        take = np.repeat(starts[order] - offsets[:-1], new_sizes) + np.arange(offsets[-1])
+        return pa.ListArray.from_arrays(from_numpy(offsets), _name(self.values[take], names))
 
     def named(self, count: int, names: list[str] | tuple[str, ...]) -> pa.ListArray:
         """Lists of text from lists of codes into `names`."""
-        text = pa.DictionaryArray.from_arrays(pa.array(self.values.astype(np.int32)),
-                                              pa.array(names, pa.string())).cast(pa.string())
-        return grouped_list(self.groups, text, count)
+        return grouped_list(self.groups, _name(self.values, names), count)
+
+
+def _name(codes: np.ndarray, names: list[str] | tuple[str, ...]) -> pa.StringArray:
+    return strings(list(names)).take(from_numpy(codes.astype(np.int32)))
 
 
 def grouped_list(groups: np.ndarray, values: np.ndarray | pa.Array, count: int,
@@ -94,7 +86,8 @@ def grouped_list(groups: np.ndarray, values: np.ndarray | pa.Array, count: int,
     sizes = np.bincount(groups, minlength=count) if len(groups) else np.zeros(count, np.int64)
     offsets = np.zeros(count + 1, dtype=np.int32)
     np.cumsum(sizes, out=offsets[1:])
-    flat = values if isinstance(values, pa.Array) else pa.array(np.asarray(values), type=value_type)
+    flat = values if isinstance(values, pa.Array) else from_numpy(values, value_type)
     if value_type is not None and flat.type != value_type:
         flat = flat.cast(value_type)
-    return pa.ListArray.from_arrays(pa.array(offsets), flat)
+    return pa.ListArray.from_arrays(from_numpy(offsets), flat)
+

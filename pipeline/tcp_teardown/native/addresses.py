@@ -1,4 +1,7 @@
-"""IP addresses as tshark prints them, formatted once per distinct address."""
+"""IP addresses as tshark prints them, formatted once per distinct address.
+
+Every NumPy-to-Arrow step goes through `tcp_teardown.arrays` (buffers), so that pyarrow
+never imports pandas here."""
 
 from __future__ import annotations
 
@@ -8,9 +11,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tcp_teardown.arrays import from_numpy, scalar, strings, to_numpy
 from tcp_teardown.codes import factorize
 
-_OCTETS = pa.array([str(i) for i in range(256)], type=pa.string())
+_OCTETS = strings([str(i) for i in range(256)])
+_DOT = scalar(".", pa.string())
 
 
 def ip_text(version: np.ndarray, hi: np.ndarray | None, lo: np.ndarray) -> pa.DictionaryArray:
@@ -20,11 +25,11 @@ def ip_text(version: np.ndarray, hi: np.ndarray | None, lo: np.ndarray) -> pa.Di
     prints (RFC 5952 compression, and a dotted quad for the last 32 bits of IPv4-mapped
     and IPv4-compatible addresses). `hi` None: every address is IPv4."""
     if hi is None:
-        encoded = pc.dictionary_encode(pa.array(lo))  # int32 indices, as the schema's
+        encoded = pc.dictionary_encode(from_numpy(lo))  # int32 indices, as the schema's
         # (safe=False: indices from dictionary_encode need no range check)
-        return pa.DictionaryArray.from_arrays(encoded.indices, _dotted(encoded.dictionary.to_numpy()), safe=False)
+        return pa.DictionaryArray.from_arrays(encoded.indices, _dotted(to_numpy(encoded.dictionary)), safe=False)
     v4 = version == 4
-    index = np.empty(len(version), dtype=np.int64)
+    index = np.empty(len(version), dtype=np.int32)
     four_index, four = factorize(lo[v4])
     index[v4] = four_index
     six_hi_index, six_hi = factorize(hi[~v4])
@@ -39,14 +44,14 @@ def ip_text(version: np.ndarray, hi: np.ndarray | None, lo: np.ndarray) -> pa.Di
             strict=True,
         )
     ]
-    dictionary = pa.concat_arrays([_dotted(np.asarray(four)), pa.array(six_text, pa.string())])
-    return pa.DictionaryArray.from_arrays(pa.array(index.astype(np.int32)), dictionary)
+    dictionary = pa.concat_arrays([_dotted(four), strings(six_text)])
+    return pa.DictionaryArray.from_arrays(from_numpy(index), dictionary)
 
 
 def _dotted(addresses: np.ndarray) -> pa.Array:
     """Dotted quads of uint32 addresses, built column-wise by Arrow."""
     parts = [
-        _OCTETS.take(pa.array(((addresses >> np.uint64(shift)) & np.uint64(0xFF)).astype(np.int64)))
+        _OCTETS.take(from_numpy(((addresses >> np.uint64(shift)) & np.uint64(0xFF)).astype(np.int64)))
         for shift in (24, 16, 8, 0)
     ]
-    return pc.binary_join_element_wise(*parts, ".")
+    return pc.binary_join_element_wise(*parts, _DOT)

@@ -16,7 +16,7 @@ from tcp_teardown.native import frames as fr
 from tcp_teardown.native import link, tunnels
 from tcp_teardown.native.frames import Frames
 from tcp_teardown.native.ip import IPV4_HEADER, IPPackets, header_fields, parse_ip
-from tcp_teardown.native.views import Views, blocks
+from tcp_teardown.native.views import Views, blocks, distinct, is_in
 
 TCP = 6
 ICMP = 1
@@ -183,7 +183,7 @@ def _plain_tcp(frames: Frames, room: Room | None = None) -> tuple[Segments, np.n
 def _link_types(links: np.ndarray) -> list[int]:
     if links[0] == links[-1] and (links == links[0]).all():
         return [int(links[0])]
-    return np.unique(links).tolist()
+    return distinct(links).tolist()
 
 
 def _plain_link(frames: Frames, which: np.ndarray | None, size: int, ethertype_at: int | None,
@@ -307,7 +307,7 @@ def _icmp_quotes(views: Views, packets: IPPackets, ts: np.ndarray) -> Segments:
     idx = np.flatnonzero(is_error)
     kind = views.u8[packets.l4[idx]]
     v4 = packets.version[idx] == 4
-    is_error[idx] = np.where(v4, np.isin(kind, ICMP_ERRORS), np.isin(kind, ICMPV6_ERRORS))
+    is_error[idx] = np.where(v4, is_in(kind, ICMP_ERRORS), is_in(kind, ICMPV6_ERRORS))
     errors = packets.take(is_error)
     inner = parse_ip(
         views,

@@ -11,7 +11,7 @@ import numpy as np
 from tcp_teardown.native.chains import RecordLayout, Walk, walk_records
 from tcp_teardown.native.errors import NativeUnsupported, TruncatedCapture
 from tcp_teardown.native.files import ByteSource
-from tcp_teardown.native.views import Views, blocks
+from tcp_teardown.native.views import Views, blocks, distinct
 
 # Link types the decoder understands (pcap LINKTYPE_ values).
 LINK_NULL = 0
@@ -125,7 +125,7 @@ class Frames:
 
 def check_links(links: np.ndarray) -> None:
     """Decline a window that has frames of a link type the decoder does not know."""
-    unknown = set(np.unique(links).tolist()) - SUPPORTED_LINKS
+    unknown = set(distinct(links).tolist()) - SUPPORTED_LINKS
     if unknown:
         raise NativeUnsupported(f"link type(s) {sorted(unknown)} not supported natively")
 

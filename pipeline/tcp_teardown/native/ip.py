@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tcp_teardown.native.views import Views
+from tcp_teardown.native.views import Views, is_in
 
 # IPv6 extension headers that have the generic (next header, length in 8-octet units) form.
 GENERIC_EXTENSIONS = np.array([0, 43, 60, 135, 139, 140])
@@ -163,7 +163,7 @@ def _skip_extensions(views: Views, packets: IPPackets, ipv6: bool) -> None:
     A header that is not captured whole ends the walk with protocol -1 (undecodable)."""
     for _ in range(MAX_EXTENSIONS):
         proto = packets.proto
-        generic = np.isin(proto, GENERIC_EXTENSIONS) if ipv6 else np.zeros(len(proto), bool)
+        generic = is_in(proto, GENERIC_EXTENSIONS) if ipv6 else np.zeros(len(proto), bool)
         fragment = (proto == FRAGMENT) if ipv6 else np.zeros(len(proto), bool)
         ah = proto == AH
         step = generic | fragment | ah

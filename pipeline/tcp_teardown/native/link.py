@@ -12,6 +12,7 @@ import numpy as np
 
 from tcp_teardown.native import frames as fr
 from tcp_teardown.native.frames import Frames
+from tcp_teardown.native.views import distinct, is_in
 
 IP = 0x0800
 IP6 = 0x86DD
@@ -36,7 +37,7 @@ def link_layer(frames: Frames) -> tuple[np.ndarray, np.ndarray]:
     if count == 0:
         return l3, code
     single = frames.link[0] == frames.link[-1] and (frames.link == frames.link[0]).all()
-    for link in [int(frames.link[0])] if single else np.unique(frames.link).tolist():
+    for link in [int(frames.link[0])] if single else distinct(frames.link).tolist():
         idx = np.arange(count) if single else np.flatnonzero(frames.link == link)
         if link == fr.LINK_ETHERNET:
             _ethernet(frames, idx, l3, code)
@@ -61,13 +62,13 @@ def _ethertypes(frames: Frames, idx: np.ndarray, l3: np.ndarray, code: np.ndarra
     for _ in range(MAX_TAGS):
         et = code[idx]
         # VLAN tags, and 802.3 lengths that may be followed by LLC/SNAP with an ethertype
-        maybe = np.flatnonzero((et <= ETHERNET_MAX_LENGTH) | np.isin(et, VLAN_TPIDS))
+        maybe = np.flatnonzero((et <= ETHERNET_MAX_LENGTH) | is_in(et, VLAN_TPIDS))
         if not maybe.size:
             return
         idx = idx[maybe]
         end = frames.data[idx] + frames.caplen[idx]
         at, et = l3[idx], code[idx]
-        tagged = np.isin(et, VLAN_TPIDS) & (at + 4 <= end)
+        tagged = is_in(et, VLAN_TPIDS) & (at + 4 <= end)
         snap = (et >= 0) & (et <= ETHERNET_MAX_LENGTH) & (at + 8 <= end)
         if snap.any():
             s = at[snap]
@@ -99,7 +100,7 @@ def _cooked(frames: Frames, idx: np.ndarray, l3: np.ndarray, code: np.ndarray, v
     protocol = views.u16be[d] if v2 else views.u16be[d + 14]
     hatype = views.u16be[d + 8] if v2 else views.u16be[d + 2]
     l3[idx] = d + size
-    code[idx] = np.where(np.isin(hatype, SLL_NOT_ETHERTYPE), NONE, protocol)
+    code[idx] = np.where(is_in(hatype, SLL_NOT_ETHERTYPE), NONE, protocol)
     _ethertypes(frames, idx, l3, code)
     _settle(code, idx)
 
@@ -125,7 +126,7 @@ def _null(frames: Frames, idx: np.ndarray, l3: np.ndarray, code: np.ndarray, loo
     ppp = views.u16be[d] == 0xFF03
     l3[idx] = d + 4
     code[idx] = np.select(
-        [ppp, ethertype, family == AF_INET, np.isin(family, AF_INET6)],
+        [ppp, ethertype, family == AF_INET, is_in(family, AF_INET6)],
         [OTHER, family, IP, IP6],
         NONE,
     )
@@ -139,7 +140,7 @@ def _settle(code: np.ndarray, idx: np.ndarray) -> None:
     rest = np.flatnonzero((et != IP) & (et != IP6) & (et >= 0))
     if rest.size:
         value = et[rest]
-        harmless = np.isin(value, HARMLESS_ETHERTYPES) | (value <= ETHERNET_MAX_LENGTH)
+        harmless = is_in(value, HARMLESS_ETHERTYPES) | (value <= ETHERNET_MAX_LENGTH)
         code[idx[rest]] = np.where(harmless, NONE, OTHER)
 
 

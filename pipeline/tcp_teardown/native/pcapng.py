@@ -13,7 +13,7 @@ from tcp_teardown.native.errors import NativeUnsupported, TruncatedCapture
 from tcp_teardown.native.files import ByteSource
 from tcp_teardown.native.frames import LINK_ETHERNET, Frames, check_links, iter_windows, truncated_tail
 from tcp_teardown.native.pcap import timestamps
-from tcp_teardown.native.views import Views
+from tcp_teardown.native.views import Views, distinct, is_in
 
 SHB = 0x0A0D0D0A
 IDB = 1
@@ -187,7 +187,7 @@ def _frames(views: Views, offsets: np.ndarray, section: Section, frame_no: int) 
     for p in idb_at.tolist():
         section.interfaces.append(_interface(views, p, section.little))
 
-    is_frame = (kinds == EPB) | (kinds == PB) | (kinds == SPB) | np.isin(kinds, EMPTY_FRAMES)
+    is_frame = (kinds == EPB) | (kinds == PB) | (kinds == SPB) | is_in(kinds, EMPTY_FRAMES)
     p = offsets[is_frame]
     if not p.size:
         return None
@@ -196,7 +196,7 @@ def _frames(views: Views, offsets: np.ndarray, section: Section, frame_no: int) 
         return _epb_frames(views, p, section, known_before, idb_at, frame_no)
     count = len(p)
     simple = kind == SPB
-    empty = np.isin(kind, EMPTY_FRAMES)
+    empty = is_in(kind, EMPTY_FRAMES)
     interface = np.zeros(count, dtype=np.int64)
     caplen = np.zeros(count, dtype=np.int64)
     wirelen = np.zeros(count, dtype=np.int64)
@@ -230,7 +230,7 @@ def _frames(views: Views, offsets: np.ndarray, section: Section, frame_no: int) 
         raise NativeUnsupported("pcapng packet longer than its block")
     data = p + np.where(simple, 12, 28)
     links = np.array([i.link for i in section.interfaces] or [0], dtype=np.int32)
-    used = np.unique(interface[packet]).tolist()
+    used = distinct(interface[packet]).tolist()
     check_links(links[used])
     ts = np.zeros(count, dtype=np.float64)
     for index in used:
@@ -270,7 +270,7 @@ def _epb_frames(
         raise NativeUnsupported("pcapng packet longer than its block")
     ticks = head["high"].astype(np.uint64) << np.uint64(32) | head["low"]
     links = np.array([i.link for i in section.interfaces], dtype=np.int32)
-    used = [int(interface[0])] if interface.min() == interface.max() else np.unique(interface).tolist()
+    used = [int(interface[0])] if interface.min() == interface.max() else distinct(interface).tolist()
     check_links(links[used])
     if len(used) == 1:
         ts = _seconds(ticks, section.interfaces[used[0]])

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from tcp_teardown.arrays import from_numpy
 from tcp_teardown.native import pcap, pcapng
 from tcp_teardown.native.addresses import ip_text
 from tcp_teardown.native.decode import Room, decode, in_room
@@ -195,14 +196,15 @@ def _same_place(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _batch(columns: dict[str, np.ndarray]) -> pa.RecordBatch:
-    """A batch from the row columns (numbers become Arrow arrays without a copy)."""
+    """A batch from the row columns (numbers become Arrow arrays without a copy, through
+    their buffers: pyarrow's own conversion would import pandas)."""
     version = columns["version"]
     ipv4_only = "src_hi" not in columns
     arrays = {
         "src_ip": ip_text(version, columns.get("src_hi"), columns["src_lo"]),
         "dst_ip": ip_text(version, columns.get("dst_hi"), columns["dst_lo"]),
-        "ip_version": pa.array(version),
-        "ip_id": pa.array(columns["ip_id"], mask=None if ipv4_only else version == 6),
+        "ip_version": from_numpy(version),
+        "ip_id": from_numpy(columns["ip_id"], mask=None if ipv4_only else version == 6),
     }
     for field, name in (
         ("frame_number", "frame_number"),
@@ -217,5 +219,5 @@ def _batch(columns: dict[str, np.ndarray]) -> pa.RecordBatch:
         ("ttl", "ttl"),
         ("tcp_stream", "stream"),
     ):
-        arrays[field] = pa.array(columns[name])
+        arrays[field] = from_numpy(columns[name])
     return pa.RecordBatch.from_arrays([arrays[f.name] for f in PACKETS], schema=PACKETS)

@@ -18,6 +18,7 @@ pairs at once by fixed-point rounds (see `_resolve_splits`).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,7 @@ import numpy as np
 from tcp_teardown.codes import factorize
 from tcp_teardown.native.decode import Segments
 from tcp_teardown.native.errors import NativeUnsupported
-from tcp_teardown.native.views import blocks
+from tcp_teardown.native.views import blocks, is_in
 
 SYN = 0x002
 ACK = 0x010
@@ -230,8 +231,13 @@ class _Window:
         np.bitwise_or(has_ack, forward, out=sets[1, :n])
         sets[:, :n] &= analyzed
         self._sets = sets
-        self._setters = [np.flatnonzero(side) for side in sets]
         self._syn_only = (flags & (SYN | ACK)) == SYN
+
+    @functools.cached_property
+    def _setters(self) -> list[np.ndarray]:
+        """The sorted positions of the segments that set the base of side 0, and of side
+        1; needed only when `next_setter` must look past the next segment."""
+        return [np.flatnonzero(side) for side in self._sets]
 
     def group_of(self, position: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.groups.start, position, side="right") - 1
@@ -268,8 +274,14 @@ class _Window:
         i = self.groups.order[np.minimum(position, self.n - 1)]
         seg = self.seg
         same = self.direction[i] == (side == 1)
-        own = seg.seq[i] - ((seg.flags[i] & SYN) == 0)
-        return np.where(same, own, seg.ack[i] - 1) & MASK32
+        # Each segment's own field only: these gathers hit the window's columns at
+        # random, which is most of the cost.
+        own, other = i[same], i[~same]
+        value = np.empty(len(i), dtype=np.int64)
+        value[same] = seg.seq[own] - ((seg.flags[own] & SYN) == 0)
+        value[~same] = seg.ack[other] - 1
+        value &= MASK32
+        return value
 
     def _conversation_start(self, q: np.ndarray, group: np.ndarray, split: np.ndarray) -> np.ndarray:
         """The last earlier candidate of the same pair that splits; -1 if none."""
@@ -339,7 +351,7 @@ def _resolve_splits(window: _Window, syns: Candidates) -> np.ndarray:
         if not moved.any():
             return split
         split[todo] = decided
-        todo = todo[np.isin(syns.group[todo], syns.group[todo[moved]])]
+        todo = todo[is_in(syns.group[todo], syns.group[todo[moved]])]
     if todo.size:
         split[todo] = window.splits_in_order(syns.take(todo))
     return split

@@ -24,7 +24,7 @@ import numpy as np
 
 from tcp_teardown.native.errors import NativeUnsupported
 from tcp_teardown.native.ip import IPPackets
-from tcp_teardown.native.views import Views
+from tcp_teardown.native.views import Views, is_in
 
 TCP = 6
 UDP = 17
@@ -58,7 +58,7 @@ def check(
     the indexes of their frames; `packets`: the frame's IP packets (outermost)."""
     regions = [(other_start, other_cap_end, other_rep_end, other_frames, DEPTH, " (non-IP ethertype)")]
     usable = ~packets.later_fragment
-    tunnel = usable & np.isin(packets.proto, TUNNEL_PROTOS)
+    tunnel = usable & is_in(packets.proto, TUNNEL_PROTOS)
     regions.append(
         (
             packets.l4[tunnel],
@@ -73,7 +73,7 @@ def check(
     u = np.flatnonzero(udp)
     if u.size:
         l4 = packets.l4[u]
-        ports = np.isin(views.u16be[l4], TUNNEL_PORTS) | np.isin(views.u16be[l4 + 2], TUNNEL_PORTS)
+        ports = is_in(views.u16be[l4], TUNNEL_PORTS) | is_in(views.u16be[l4 + 2], TUNNEL_PORTS)
         teredo = _teredo(views, packets.l4[u] + 8, packets.cap_end[u], packets.end[u])
         if teredo.any():
             frame = int(frame_numbers[packets.which[u[np.argmax(teredo)]]])
@@ -127,7 +127,7 @@ def _teredo(views: Views, start: np.ndarray, cap_end: np.ndarray, rep_end: np.nd
     length = views.u16be[ip6 + 4].astype(np.int64)
     inner = views.u8[ip6 + 6]
     teredo = (length <= 65467) & (rep_end[idx] - ip6 - 40 == length)
-    ok[idx] = teredo & ((inner == TCP) | np.isin(inner, IPV6_EXTENSIONS))
+    ok[idx] = teredo & ((inner == TCP) | is_in(inner, IPV6_EXTENSIONS))
     return ok
 
 
@@ -182,5 +182,5 @@ def _ipv4_for_tcp(views: Views, p: np.ndarray, cap_end: np.ndarray, rep_end: np.
 def _ipv6_for_tcp(views: Views, p: np.ndarray, rep_end: np.ndarray) -> np.ndarray:
     next_header = views.u8[p + 6]
     length = 40 + views.u16be[p + 4].astype(np.int64)
-    tcp_or_extension = (next_header == TCP) | np.isin(next_header, IPV6_EXTENSIONS)
+    tcp_or_extension = (next_header == TCP) | is_in(next_header, IPV6_EXTENSIONS)
     return tcp_or_extension & (length >= 56) & (length <= rep_end - p)

@@ -1,4 +1,5 @@
-"""Fixed-width integer views of a byte buffer at every byte offset.
+"""Fixed-width integer views of a byte buffer at every byte offset (and the small array
+helpers the readers share: blocks, distinct, is_in, empty).
 
 `Views(buf).u32be[p]` is the big-endian uint32 starting at byte `p` of `buf`. The views
 overlap (stride one byte), so reading a header field for a million packets is one NumPy
@@ -52,6 +53,22 @@ class Views:
 
     def u32(self, little: bool) -> np.ndarray:
         return self.u32le if little else self.u32be
+
+
+def distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values, as np.unique gives them. (np.unique without its
+    return_* options imports numpy.ma the first time, about 10 ms.)"""
+    ordered = np.sort(values, axis=None)
+    first = np.empty(len(ordered), dtype=bool)
+    first[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    return ordered[first]
+
+
+def is_in(values: np.ndarray, choices: np.ndarray) -> np.ndarray:
+    """np.isin for integers, always by a lookup table over the range of `choices` (small
+    here): its sorting method calls np.unique, which would import numpy.ma."""
+    return np.isin(values, choices, kind="table")
 
 
 def blocks(count: int, rows: int = BLOCK_ROWS) -> Iterator[slice]:

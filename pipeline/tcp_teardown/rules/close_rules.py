@@ -9,14 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 from tcp_teardown.facts import Facts, Params
-from tcp_teardown.rules.registry import close_rule
+from tcp_teardown.rules.registry import any_of, close_rule
 from tcp_teardown.vocab import Open, codes
 
 NOT_OPENED = (Open.REFUSED, Open.NO_ANSWER, Open.SYN_ACK_NO_ACK)
+NOT_OPENED_CODES = codes(*NOT_OPENED)
 
 
 def _opened(f: Facts) -> np.ndarray:
-    return ~np.isin(f["open"], codes(*NOT_OPENED))
+    return ~any_of(f["open"], NOT_OPENED_CODES)
 
 
 def _aborted(f: Facts) -> np.ndarray:

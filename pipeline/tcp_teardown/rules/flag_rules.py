@@ -8,12 +8,14 @@ from __future__ import annotations
 import numpy as np
 
 from tcp_teardown.facts import Facts, Params
-from tcp_teardown.rules.registry import flag_rule
+from tcp_teardown.rules.registry import any_of, flag_rule
 from tcp_teardown.vocab import Close, Open, code, codes
 
 ORDERLY = codes(Close.FIN_BY_CLIENT, Close.FIN_BY_SERVER, Close.FIN_SIMULTANEOUS)
 ABORTS = codes(Close.RST_BY_CLIENT, Close.RST_BY_SERVER)
 OPENED = codes(Open.HANDSHAKE, Open.MIDSTREAM)
+ENDED_BY_FIN = [*ORDERLY, code(Close.HALF_CLOSED)]
+HANDSHAKE = code(Open.HANDSHAKE)
 
 
 def _col(f: Facts, name: str) -> np.ndarray:
@@ -23,7 +25,7 @@ def _col(f: Facts, name: str) -> np.ndarray:
 @flag_rule
 def three_way_close(f: Facts, p: Params) -> np.ndarray:
     """The passive side's FIN rode on its ACK of the first FIN (FIN, FIN+ACK, ACK)."""
-    in_order = np.isin(f["close"], ORDERLY[:2])
+    in_order = any_of(f["close"], ORDERLY[:2])
     return in_order & _col(f, "fin_on_ack_of_fin")
 
 
@@ -31,7 +33,7 @@ def three_way_close(f: Facts, p: Params) -> np.ndarray:
 def refused_after_handshake(f: Facts, p: Params) -> np.ndarray:
     """The server closed (FIN or RST) right after the handshake, before either side sent payload."""
     quick = (_col(f, "close_ts") - _col(f, "handshake_ts")) < p.idle_threshold
-    return ((f["open"] == code(Open.HANDSHAKE)) & (_col(f, "close_event") >= 0)
+    return ((f["open"] == HANDSHAKE) & (_col(f, "close_event") >= 0)
             & ~_col(f, "close_event_by_client").astype(bool)
             & (_col(f, "payload_before_close") == 0) & np.nan_to_num(quick, nan=0).astype(bool))
 
@@ -40,7 +42,7 @@ def refused_after_handshake(f: Facts, p: Params) -> np.ndarray:
 def rst_after_fin(f: Facts, p: Params) -> np.ndarray:
     """A side sent RST after a FIN had been sent but before the orderly release completed."""
     first_fin, rst = _col(f, "first_fin_at"), _col(f, "rst")  # a FIN inferred from ACKs counts
-    return np.isin(f["close"], ABORTS) & (first_fin >= 0) & (first_fin < rst)
+    return any_of(f["close"], ABORTS) & (first_fin >= 0) & (first_fin < rst)
 
 
 @flag_rule
@@ -54,7 +56,7 @@ def rst_after_close(f: Facts, p: Params) -> np.ndarray:
 def fin_retransmitted(f: Facts, p: Params) -> np.ndarray:
     """A FIN was sent again (its ACK was lost or late)."""
     resent = (_col(f, "client_fin_count") > 1) | (_col(f, "server_fin_count") > 1)
-    return np.isin(f["open"], OPENED) & resent
+    return any_of(f["open"], OPENED) & resent
 
 
 @flag_rule
@@ -63,7 +65,7 @@ def final_ack_missing(f: Facts, p: Params) -> np.ndarray:
     unacked = (((_col(f, "client_fin") >= 0) & (_col(f, "client_fin_ack") < 0))
                | ((_col(f, "server_fin") >= 0) & (_col(f, "server_fin_ack") < 0)))
     both_sides_seen = (_col(f, "packets_c2s") > 0) & (_col(f, "packets_s2c") > 0)
-    ended_by_fin = np.isin(f["close"], [*ORDERLY, code(Close.HALF_CLOSED)])
+    ended_by_fin = any_of(f["close"], ENDED_BY_FIN)
     return ended_by_fin & unacked & both_sides_seen
 
 
@@ -83,7 +85,7 @@ def syn_ack_retransmitted(f: Facts, p: Params) -> np.ndarray:
 def idle_close(f: Facts, p: Params) -> np.ndarray:
     """The first FIN or RST came after at least `idle_threshold` of silence: an idle timeout closed it."""
     idle = np.nan_to_num(_col(f, "idle_before_close_s").astype(float), nan=-1.0)
-    return np.isin(f["open"], OPENED) & (idle >= p.idle_threshold)
+    return any_of(f["open"], OPENED) & (idle >= p.idle_threshold)
 
 
 @flag_rule
@@ -91,7 +93,7 @@ def port_reuse_time_wait(f: Facts, p: Params) -> np.ndarray:
     """This connection's SYN reused the 4-tuple of an earlier one less than 2·MSL after it closed."""
     pair = _col(f, "pair")
     same_pair = np.r_[False, pair[1:] == pair[:-1]]
-    prev_in_time_wait = np.r_[False, np.isin(f["close"], ORDERLY)[:-1]]
+    prev_in_time_wait = np.r_[False, any_of(f["close"], ORDERLY)[:-1]]
     prev_last = np.r_[np.nan, _col(f, "last_ts")[:-1]]
     syn_ts = _col(f, "syn_ts")
     gap = syn_ts - prev_last

@@ -55,6 +55,15 @@ close_rule = _register(Close, CLOSE_RULES)
 flag_rule = _register(Flag, FLAG_RULES)
 
 
+def any_of(values: np.ndarray, codes: list[int] | tuple[int, ...]) -> np.ndarray:
+    """Where `values` is one of a few label `codes` (np.isin, but one comparison per code:
+    np.isin sorts, which costs more than a handful of comparisons)."""
+    found = np.zeros(np.shape(values), dtype=bool)
+    for c in codes:
+        found |= values == c
+    return found
+
+
 def check_complete() -> None:
     """Every label of the vocabulary has exactly one rule (called once all rules are imported)."""
     for kind, rules in ((Open, OPEN_RULES), (Close, CLOSE_RULES), (Flag, FLAG_RULES)):

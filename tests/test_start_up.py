@@ -1,0 +1,73 @@
+"""What a run of `analyze` loads: never pandas (pyarrow imports it, ~0.2 s, when it
+converts NumPy arrays or Python values itself), and tshark only when a file needs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SAMPLE
+
+# A fresh interpreter that notes every attempt to import pandas (pyarrow swallows an
+# ImportError there, so refusing the import would hide it) and then runs the CLI.
+SCRIPT = """
+import sys
+
+attempts = []
+
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "pandas":
+            attempts.append(name)
+        return None
+
+
+sys.meta_path.insert(0, Watch())
+from tcp_teardown import cli
+
+leave = cli._exit  # the CLI ends with os._exit: report just before it
+
+
+def report_then_exit(code):
+    print("pandas imported" if attempts else "pandas not imported", file=sys.stderr)
+    leave(code)
+
+
+cli._exit = report_then_exit
+sys.argv = ["tcp-teardown", *sys.argv[1:]]
+cli.main()
+"""
+
+
+def _analyze(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", SCRIPT, "analyze", str(SAMPLE), "--out", str(tmp_path / "o"), *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.parametrize("engine", ["auto", "native", "tshark"])
+def test_analyze_never_imports_pandas(tmp_path: Path, engine: str) -> None:
+    done = _analyze(tmp_path, "--engine", engine)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "pandas not imported"
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["connections"] > 0
+
+
+def test_auto_looks_for_tshark_only_when_a_file_falls_back(tmp_path: Path) -> None:
+    """No tshark on PATH: `auto` still reads what the native reader reads, and the
+    summary names no tshark; a named tshark that is missing is an error even then."""
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    env = {**os.environ, "PATH": str(bare)}
+    env.pop("TCP_TEARDOWN_TSHARK", None)
+    done = _analyze(tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["tshark"] is None and summary["inputs"][0]["engine"] == "native"
+    named = _analyze(tmp_path, "--tshark", str(bare / "tshark"), env=env)
+    assert named.returncode != 0 and "tshark not found" in named.stderr
