@@ -52,14 +52,15 @@ def analyze(
     as_json: AsJson = False,
 ) -> None:
     """Label every TCP connection of the captures; write Parquet tables and Wireshark filters."""
+    from tcp_teardown.memory import keep_for_reuse
+
+    keep_for_reuse()  # this process analyzes once and exits (first: it tunes NumPy's allocations)
     from tcp_teardown import report as run_report
     from tcp_teardown.api import analyze_tables
     from tcp_teardown.facts import Params
     from tcp_teardown.ingest import sniff
-    from tcp_teardown.memory import keep_for_reuse
     from tcp_teardown.output import prepare_out_dir
 
-    keep_for_reuse()  # this process analyzes once and exits
     try:
         for capture in captures:
             sniff(capture)

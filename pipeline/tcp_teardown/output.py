@@ -61,7 +61,8 @@ def parquet_options(schema: pa.Schema) -> dict[str, object]:
     (timestamps share their high bytes), repeated text in scalar columns (files,
     addresses, labels) dictionary-encoded; text in lists compresses as well without one.
     Min/max statistics are kept where readers prune with them (scalar columns), not for
-    list elements. All standard Parquet (pyarrow, pandas, DuckDB, Spark).
+    list elements nor hashed ids (every row group spans their whole range). All standard
+    Parquet (pyarrow, pandas, DuckDB, Spark).
     """
     encodings: dict[str, str] = {}
     dictionary: list[str] = []
@@ -69,7 +70,7 @@ def parquet_options(schema: pa.Schema) -> dict[str, object]:
     for field in schema:
         nested = pa.types.is_list(field.type) or pa.types.is_large_list(field.type)
         path, kind = (f"{field.name}.list.element", field.type.value_type) if nested else (field.name, field.type)
-        if not nested:
+        if not nested and field.name not in DISTINCT_TEXT:
             statistics.append(path)
         if pa.types.is_integer(kind):
             encodings[path] = "DELTA_BINARY_PACKED"
