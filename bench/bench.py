@@ -1,7 +1,7 @@
 """Benchmark: our pipeline with each engine against bare tshark EK, tcptrace and NFStream.
 
     python bench/bench.py [--capture FILE] [--packets 2000000] [--workdir /tmp/tcp-teardown-bench]
-                          [--tshark-packets 500000] [--cores 0] [--repeat 3]
+                          [--tshark-packets 500000] [--cores 0] [--repeat 5]
                           [--nfstream-python PY]
 
 Everything runs in one go on the same capture, each tool as its own process pinned to one
@@ -117,7 +117,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tcp-teardown-bench")
     parser.add_argument("--cores", default="0", help="CPU list for taskset (one core by default)")
     parser.add_argument("--nfstream-python", help="a Python that has NFStream (default: this one)")
-    parser.add_argument("--repeat", type=int, default=3,
+    parser.add_argument("--repeat", type=int, default=5,
                         help="runs of each fast command (our native engine, tcptrace); the best counts")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
