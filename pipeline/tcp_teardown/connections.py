@@ -433,8 +433,17 @@ def _pair_numbers(keys: np.ndarray) -> np.ndarray:
 
 def _numbered_pair_key(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """One integer per (lo, hi) pair when endpoint codes are too wide to combine directly
-    (many addresses): each side numbered by Arrow's hash first (numbers below n)."""
-    lo_number, _ = factorize(lo)
+    (many addresses): `lo` numbered by Arrow's hash first (numbers below n), then combined
+    with `hi` as it is, or with `hi` numbered too when even that would not fit 63 bits."""
+    if len(lo) == 0:
+        return np.zeros(0, np.int64)
+    lo_number, lo_distinct = factorize(lo)
+    hi_low = int(hi.min())
+    hi_span = int(hi.max()) - hi_low + 1
+    if len(lo_distinct) * hi_span < 1 << 63:  # the usual case: one hash pass, not two
+        lo_number *= hi_span
+        lo_number += hi - hi_low
+        return lo_number
     hi_number, hi_distinct = factorize(hi)
     return lo_number * len(hi_distinct) + hi_number
 
@@ -518,7 +527,7 @@ def _first_sender_serves(src_ep: np.ndarray, payload: np.ndarray, starts: np.nda
     `a` looks like the server: it answers SYNs elsewhere, its port is more server-like, or
     its first payload answers b's; else the lower port serves."""
     count = len(starts)
-    listens = np.isin(np.concatenate([a, b]), listening)
+    listens = _is_in(np.concatenate([a, b]), listening)
     a_listens, b_listens = listens[:count], listens[count:]
     packets = spans(starts, ends)
     data = packets[payload[packets] > 0]
@@ -537,6 +546,16 @@ def _first_sender_serves(src_ep: np.ndarray, payload: np.ndarray, starts: np.nda
         [True, False, True, False, True, False],
         default=port_a < port_b,
     )
+
+
+def _is_in(values: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """Whether each value occurs in `among`: a binary search in its sorted copy.
+    (np.isin hashes both arrays whole when their range is wide: many addresses.)"""
+    if len(among) == 0:
+        return np.zeros(len(values), dtype=bool)
+    sorted_among = np.sort(among)
+    at = np.minimum(np.searchsorted(sorted_among, values), len(sorted_among) - 1)
+    return sorted_among[at] == values
 
 
 def port_class(port: np.ndarray) -> np.ndarray:

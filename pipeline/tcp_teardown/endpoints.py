@@ -6,6 +6,8 @@ server, not the client, hung up first. Null when the endpoint had no orderly clo
 
 Both tables are computed from integer codes: addresses are numbered by their sorted
 text once, labels by their position in the vocabulary, so no string is compared per row.
+Server endpoints are ranked once, and that ranking serves both the endpoint rows and the
+4-tuples of the TIME_WAIT pass.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from tcp_teardown.vocab import CLOSE_VALUES, OPEN_VALUES, Close, Flag, Open
 
 if TYPE_CHECKING:  # the bulk path passes Arrow tables and never imports pandas
     import pandas as pd
+
+# Integer keys stay below this (int64, non-negative).
+_KEY_LIMIT = 1 << 63
 
 # The connection columns the aggregates read; client_port is optional (without it,
 # TIME_WAIT always lasts 2·MSL).
@@ -46,6 +51,8 @@ class _Conns:
     port_reuse: np.ndarray  # whether the flags hold port_reuse_time_wait
     first_ts: np.ndarray
     last_ts: np.ndarray
+    server_endpoint: np.ndarray  # rank of the row's (server, server_port) among server_endpoints
+    server_endpoints: np.ndarray  # the distinct _endpoint_keys of the servers, ascending
 
 
 def aggregate_tables(conns: pa.Table, msl: float) -> tuple[pa.Table, pa.Table]:
@@ -53,8 +60,8 @@ def aggregate_tables(conns: pa.Table, msl: float) -> tuple[pa.Table, pa.Table]:
     if conns.num_rows == 0:
         return ENDPOINTS.empty_table(), HOSTS.empty_table()
     cols = _columns(conns)
-    hosts = _hosts(cols, _time_wait_end(cols, msl))
-    return _endpoints(cols, hosts), hosts
+    hosts, host_ips = _hosts(cols, _time_wait_end(cols, msl))
+    return _endpoints(cols, hosts, host_ips), hosts
 
 
 def endpoint_table(conns: pd.DataFrame | pa.Table, msl: float) -> pa.Table:
@@ -76,32 +83,39 @@ def _arrow(conns: pd.DataFrame | pa.Table) -> pa.Table:
 def _columns(conns: pa.Table) -> _Conns:
     ips, client, server = _address_codes(conns.column("client_ip"), conns.column("server_ip"))
     names = conns.column_names
+    server_port = to_numpy(conns.column("server_port"))
+    server_endpoint, server_endpoints = _ranked(_endpoint_keys(server, server_port))
     return _Conns(
         ips=ips, client=client, server=server,
         client_port=to_numpy(conns.column("client_port")) if "client_port" in names else None,
-        server_port=to_numpy(conns.column("server_port")),
+        server_port=server_port,
         open=value_codes(conns.column("open"), OPEN_VALUES),
         close=value_codes(conns.column("close"), CLOSE_VALUES),
         port_reuse=_has_flag(conns.column("flags"), Flag.PORT_REUSE_TIME_WAIT),
         first_ts=to_numpy(conns.column("first_ts")).astype(float, copy=False),
         last_ts=to_numpy(conns.column("last_ts")).astype(float, copy=False),
+        server_endpoint=server_endpoint, server_endpoints=server_endpoints,
     )
 
 
 def _address_codes(client: pa.ChunkedArray, server: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """The sorted distinct addresses, and each client's and server's position among them.
 
-    Only the distinct addresses are sorted: each column is hashed once into a dictionary."""
-    client_enc = pc.dictionary_encode(client.combine_chunks())
-    server_enc = pc.dictionary_encode(server.combine_chunks())
-    ips = pc.unique(pa.concat_arrays([client_enc.dictionary, server_enc.dictionary]))
-    ips = ips.take(pc.sort_indices(ips))
+    Both columns are hashed once, together, into one dictionary; only its (distinct)
+    entries are sorted, and an entry's rank in that sort is its position."""
+    rows = len(client)
+    both = pc.dictionary_encode(pa.concat_arrays([_plain_text(client), _plain_text(server)]))
+    by_text = to_numpy(pc.sort_indices(both.dictionary))
+    position_of_entry = np.empty(len(by_text), dtype=np.int64)
+    position_of_entry[by_text] = np.arange(len(by_text))
+    positions = position_of_entry[to_numpy(both.indices)]
+    return both.dictionary.take(from_numpy(by_text)), positions[:rows], positions[rows:]
 
-    def positions(encoded: pa.DictionaryArray) -> np.ndarray:
-        of_entry = to_numpy(pc.index_in(encoded.dictionary, value_set=ips)).astype(np.int64)
-        return of_entry[to_numpy(encoded.indices)]
 
-    return ips, positions(client_enc), positions(server_enc)
+def _plain_text(column: pa.ChunkedArray) -> pa.StringArray:
+    """The column as one string array (whatever string or dictionary type pandas gave)."""
+    array = column.combine_chunks()
+    return array if array.type == pa.string() else array.cast(pa.string())
 
 
 def _has_flag(flags: pa.ChunkedArray, flag: Flag) -> np.ndarray:
@@ -116,9 +130,10 @@ def _has_flag(flags: pa.ChunkedArray, flag: Flag) -> np.ndarray:
     return found
 
 
-def _endpoints(cols: _Conns, hosts: pa.Table) -> pa.Table:
-    """Counted with bincount over endpoint numbers that follow the (address, port) order."""
-    endpoint, keys = _ranked(_endpoint_keys(cols.server, cols.server_port))
+def _endpoints(cols: _Conns, hosts: pa.Table, host_ips: np.ndarray) -> pa.Table:
+    """Counted with bincount over endpoint numbers that follow the (address, port) order
+    (`host_ips`: each host row's position in cols.ips)."""
+    endpoint, keys = cols.server_endpoint, cols.server_endpoints
     count = len(keys)
     server = keys >> 32
     columns = {
@@ -135,7 +150,7 @@ def _endpoints(cols: _Conns, hosts: pa.Table) -> pa.Table:
     columns["half_open_peak_per_s"] = _half_open_peak(cols, endpoint, count)
     columns["port_reuse_time_wait"] = np.bincount(endpoint[cols.port_reuse], minlength=count)
     peak_of = np.zeros(len(cols.ips), np.int64)
-    peak_of[to_numpy(pc.index_in(hosts.column("ip"), value_set=cols.ips))] = to_numpy(hosts.column("time_wait_peak"))
+    peak_of[host_ips] = to_numpy(hosts.column("time_wait_peak"))
     columns["server_time_wait_peak"] = peak_of[server]
     return table(columns, ENDPOINTS)
 
@@ -145,24 +160,25 @@ def _endpoint_keys(address: np.ndarray, port: np.ndarray) -> np.ndarray:
     return address.astype(np.int64) << 32 | (port.astype(np.int64) + 2**31)
 
 
-def _dense(keys: np.ndarray) -> tuple[np.ndarray, int]:
-    """Codes 0..n-1 for the distinct keys (in first-seen order), and n."""
-    codes, distinct = factorize(keys)
-    return codes, len(distinct)
-
-
 def _ranked(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the rank of its key among the distinct keys; and the distinct keys, ascending."""
-    distinct, inverse = np.unique(keys, return_inverse=True)
-    return inverse.reshape(-1).astype(np.int64, copy=False), distinct
+    if len(keys) == 0:
+        return np.zeros(0, np.int64), keys
+    order = np.argsort(keys)  # equal keys get one rank whatever their order: no stable sort
+    ordered = keys[order]
+    first = np.r_[True, ordered[1:] != ordered[:-1]]
+    rank = np.empty(len(keys), dtype=np.int64)
+    rank[order] = np.cumsum(first) - 1
+    return rank, ordered[first]
 
 
 def _label_counts(column: str, values: tuple[str, ...], codes: np.ndarray, endpoint: np.ndarray,
                   count: int) -> dict[str, np.ndarray]:
     """`{column}_{value}` counts per endpoint, all values in one bincount."""
     width = len(values) + 1  # the last code counts labels outside the vocabulary
-    table = np.bincount(endpoint * width + codes, minlength=count * width).reshape(count, width)
-    return {f"{column}_{value}": np.ascontiguousarray(table[:, i]) for i, value in enumerate(values)}
+    # Laid out value-major, each value's counts are one contiguous row: no strided copies.
+    table = np.bincount(codes * count + endpoint, minlength=width * count).reshape(width, count)
+    return {f"{column}_{value}": table[i] for i, value in enumerate(values)}
 
 
 def _half_open_peak(cols: _Conns, endpoint: np.ndarray, count: int) -> np.ndarray:
@@ -179,8 +195,9 @@ def _half_open_peak(cols: _Conns, endpoint: np.ndarray, count: int) -> np.ndarra
     return peak
 
 
-def _hosts(cols: _Conns, until: np.ndarray) -> pa.Table:
-    """Per host: active closes and the most connections it held in TIME_WAIT at once.
+def _hosts(cols: _Conns, until: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+    """Per host: active closes and the most connections it held in TIME_WAIT at once; and
+    each host row's position in cols.ips.
 
     Each active close holds TIME_WAIT for 2·MSL from the end of the connection, or until
     a new SYN reuses its 4-tuple (the stack then ends TIME_WAIT and accepts it).
@@ -190,7 +207,7 @@ def _hosts(cols: _Conns, until: np.ndarray) -> pa.Table:
     server_tw = (cols.close == CLOSE_VALUES.index(Close.FIN_BY_SERVER)) | (cols.close == both)
     holder = np.concatenate([cols.client[client_tw], cols.server[server_tw]])
     if len(holder) == 0:
-        return HOSTS.empty_table()
+        return HOSTS.empty_table(), np.zeros(0, np.int64)
     start = np.concatenate([cols.last_ts[client_tw], cols.last_ts[server_tw]])
     end = np.concatenate([until[client_tw], until[server_tw]])
     # Ends are listed before starts, so the stable sort by (host, time) releases a TIME_WAIT
@@ -200,9 +217,10 @@ def _hosts(cols: _Conns, until: np.ndarray) -> pa.Table:
     host = host[order]
     held = np.cumsum(held[order])  # each host's events sum to zero: one running sum serves all
     starts = np.flatnonzero(np.r_[True, host[1:] != host[:-1]])
-    return table({"ip": cols.ips.take(from_numpy(host[starts])),
-                  "active_closes": np.bincount(holder)[host[starts]],
-                  "time_wait_peak": np.maximum.reduceat(held, starts)}, HOSTS)
+    ips = host[starts]
+    return table({"ip": cols.ips.take(from_numpy(ips)),
+                  "active_closes": np.bincount(holder)[ips],
+                  "time_wait_peak": np.maximum.reduceat(held, starts)}, HOSTS), ips
 
 
 def _time_wait_end(cols: _Conns, msl: float) -> np.ndarray:
@@ -210,9 +228,7 @@ def _time_wait_end(cols: _Conns, msl: float) -> np.ndarray:
     end = cols.last_ts + 2 * msl
     if cols.client_port is None:
         return end
-    client, _ = _dense(_endpoint_keys(cols.client, cols.client_port))
-    server, servers = _dense(_endpoint_keys(cols.server, cols.server_port))
-    four_tuple, tuples = _dense(client * servers + server)
+    four_tuple, tuples = _four_tuples(cols, cols.client_port)
     order = radix_order(four_tuple, tuples, np.argsort(cols.first_ts, kind="stable"))
     codes = four_tuple[order]
     next_start = np.r_[cols.first_ts[order][1:], np.inf]
@@ -221,3 +237,23 @@ def _time_wait_end(cols: _Conns, msl: float) -> np.ndarray:
     out = np.empty_like(end)
     out[order] = reused
     return out
+
+
+def _four_tuples(cols: _Conns, client_port: np.ndarray) -> tuple[np.ndarray, int]:
+    """One integer per (client, client_port, server endpoint) below the returned limit.
+
+    Client address and port are combined as they are when the key fits 63 bits (no hash
+    pass; a few more radix passes are cheaper), else the client endpoints are numbered."""
+    servers = len(cols.server_endpoints)
+    port_low = int(client_port.min())
+    port_span = int(client_port.max()) - port_low + 1
+    if len(cols.ips) * port_span * servers < _KEY_LIMIT:
+        client = cols.client * port_span
+        client += client_port.astype(np.int64) - port_low
+        clients = len(cols.ips) * port_span
+    else:
+        client, distinct = factorize(_endpoint_keys(cols.client, client_port))
+        clients = len(distinct)
+    client *= servers
+    client += cols.server_endpoint
+    return client, clients * servers
