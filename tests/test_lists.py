@@ -36,3 +36,13 @@ def test_permuted_moves_whole_lists(case: tuple[list[list[int]], np.ndarray]) ->
     lists, order = case
     moved = _grouped(lists).permuted(order)
     assert moved.to_arrow(len(order), None).to_pylist() == [lists[i] for i in order.tolist()]
+
+
+@given(st.lists(st.integers(0, 60), max_size=40))
+def test_capture_order_is_a_stable_sort_by_frame(frames: list[int]) -> None:
+    """Dense frames are placed, sparse or repeated ones sorted: the same order either way."""
+    from tcp_teardown.analysis import _capture_order
+
+    for shift in (0, 10**6):  # dense, then spread out (one far frame)
+        values = np.array(frames + ([shift] if shift else []), dtype=np.int64)
+        assert _capture_order(values).tolist() == np.argsort(values, kind="stable").tolist()

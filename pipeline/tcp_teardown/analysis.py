@@ -143,9 +143,26 @@ def _capture_order(frames: np.ndarray) -> np.ndarray:
     distinct key per row) gives the same order as a stable sort, much faster.
     """
     rows = len(frames)
-    if rows == 0 or int(frames.max()) >= (1 << 62) // rows:
+    if rows == 0:
+        return np.zeros(0, np.int64)
+    low, top = int(frames.min()), int(frames.max())
+    if top - low < 8 * rows:  # dense (key frames): place each row at its frame, no sort
+        placed = _placed_in_order(frames - low, top - low + 1)
+        if placed is not None:
+            return placed
+    if top >= (1 << 62) // rows:
         return np.argsort(frames, kind="stable")
     return np.argsort(frames * rows + np.arange(rows))
+
+
+def _placed_in_order(offsets: np.ndarray, span: int) -> np.ndarray | None:
+    """The rows in order of their distinct offsets in [0, span), by one scatter and one
+    gather; None when two rows share an offset (then a sort keeps their order)."""
+    rows = len(offsets)
+    slot = np.full(span, -1, dtype=np.int32 if rows < 1 << 31 else np.int64)
+    slot[offsets] = np.arange(rows, dtype=slot.dtype)
+    placed = slot[slot >= 0]
+    return placed.astype(np.int64) if len(placed) == rows else None
 
 
 def _nullable(values: np.ndarray) -> pa.Array:
