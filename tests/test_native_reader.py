@@ -327,6 +327,18 @@ def test_pcapng_interfaces_resolutions_and_blocks(tmp_path: Path) -> None:
 
 
 @needs_tshark
+def test_pcapng_interfaces_taking_turns(tmp_path: Path) -> None:
+    """Frames of two plain link types, alternating, all TCP: rows stay in capture order."""
+    body = pcapng_section() + pcapng_interface(1) + pcapng_interface(101)  # Ethernet, raw IP
+    for i, packet in enumerate(handshake()):
+        body += pcapng_epb(i % 2, 1_700_000_000_000_000 + i, ether(packet) if i % 2 == 0 else packet)
+    path = tmp_path / "c.pcapng"
+    path.write_bytes(body)
+    table = assert_matches_tshark(path)
+    assert table.column("frame_number").to_pylist() == list(range(1, 8))
+
+
+@needs_tshark
 def test_pcapng_blocks_that_are_frames(tmp_path: Path) -> None:
     """Wireshark numbers custom and systemd-journal blocks as frames (without TCP)."""
     packets = [ether(p) for p in handshake()]

@@ -172,9 +172,9 @@ def _plain_tcp(frames: Frames, room: Room | None = None) -> tuple[Segments, np.n
         return Segments.concat([]), np.arange(len(frames))
     plain = parts[0] if len(parts) == 1 else Segments.concat(parts)
     if len(plain) == len(frames):
-        return plain, np.zeros(0, dtype=np.int64)
-    if len(parts) > 1:
-        plain = plain.take(np.argsort(plain.frame))
+        # Every frame plain: the parts (one per link type) go back into capture order here;
+        # otherwise `decode` sorts them together with the general path's segments.
+        return (plain if len(parts) == 1 else plain.take(np.argsort(plain.frame))), np.zeros(0, dtype=np.int64)
     rest = np.ones(len(frames), dtype=bool)
     rest[plain.frame] = False
     return plain, np.flatnonzero(rest)
