@@ -307,7 +307,7 @@ def split_connections(packets: pa.Table) -> Split:
     client_isn = np.where(first_syn >= 0, seq[np.maximum(first_syn, 0)], -1)
     synack_isn_hint = np.where(
         first_syn_ack >= 0,
-        (segments.ack[np.maximum(first_syn_ack, 0)] - 1) % tf.SEQ_SPACE, -1
+        tf.seq_mod(ack[np.maximum(first_syn_ack, 0)] - 1), -1
     )
     identity = Identity(
         addresses=addresses,

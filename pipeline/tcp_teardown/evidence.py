@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cache
 
 import numpy as np
 
 from tcp_teardown.connections import Segments
 from tcp_teardown.facts import Facts
 from tcp_teardown.lists import Grouped
+from tcp_teardown.rules.flag_rules import ABORTS, ORDERLY
 from tcp_teardown.rules.registry import any_of
-from tcp_teardown.vocab import CLOSE_VALUES, FLAG_VALUES, OPEN_VALUES, Close, Flag, Open, code, codes
+from tcp_teardown.vocab import CLOSE_VALUES, FLAG_VALUES, OPEN_VALUES, Close, Flag, Open, code
 
-ORDERLY = codes(Close.FIN_BY_CLIENT, Close.FIN_BY_SERVER, Close.FIN_SIMULTANEOUS)
-ABORTS = codes(Close.RST_BY_CLIENT, Close.RST_BY_SERVER)
 HALF_CLOSED, NEVER_OPENED = code(Close.HALF_CLOSED), code(Close.NEVER_OPENED)
 REFUSED, SYN_ACK_NO_ACK = code(Open.REFUSED), code(Open.SYN_ACK_NO_ACK)
 
@@ -31,7 +29,6 @@ def _role_code(role: str) -> int:
     return _ROLE_CODES.setdefault(role, len(_ROLE_CODES))
 
 
-@cache  # vocab.code searches the vocabulary; a key frame asks for the same few labels
 def _label_code(label: StrEnum) -> int:
     return LABEL_OFFSET[type(label)] + code(label)
 

@@ -220,12 +220,13 @@ class Loaded(TableViews):
         conns = self.scan("connections")
         frames = self._frames_of(conns)
         params, files = self._summary()
-        conn_df = conns.select(["client_ip", "server_ip", "server_port", "open", "close", "flags",
-                                "first_ts", "last_ts"]).to_pandas()
-        endpoints = (self.scan("endpoints") if self._datasets["endpoints"] is not None
-                     else endpoint_tables.endpoint_table(conn_df, params.msl))
-        hosts = (self.scan("hosts") if self._datasets["hosts"] is not None
-                 else endpoint_tables.host_table(conn_df, params.msl))
+        stored = {kind: self.scan(kind) for kind in ("endpoints", "hosts") if self._datasets[kind] is not None}
+        if len(stored) < 2:  # computed once for both (without client_port: TIME_WAIT lasts 2·MSL)
+            computed = endpoint_tables.aggregate_tables(
+                conns.select(["client_ip", "server_ip", "server_port", "open", "close", "flags", "first_ts",
+                              "last_ts"]), params.msl)
+            stored = {"endpoints": computed[0], "hosts": computed[1]} | stored
+        endpoints, hosts = stored["endpoints"], stored["hosts"]
         return Tables(connections=conns, frames=frames, endpoints=endpoints, hosts=hosts,
                       files=files, params=params)
 

@@ -159,7 +159,7 @@ def _opening(seg: Segments, f: Facts, rows: _Rows) -> None:
     f["server_rst_before_syn_ack"] = seg.first_among(refusing[answers_syn])
 
     # RSTs: one answered by a later SYN-ACK belongs to the opening (TIME_WAIT challenge).
-    f["rst"] = seg.first_among(closing_rst)
+    f["rst"] = first_closing_rst
     f["first_rst"] = seg.first_among(rows.rst)
     f["rst_by_client"] = _at(seg.c2s, f["rst"])
 
@@ -214,7 +214,8 @@ def _side_fin(seg: Segments, f: Facts, side: str, fins: np.ndarray, other_side: 
     f[f"{side}_fin"] = fin_idx
     fin_end = np.zeros(seg.count, dtype=np.int64)
     has_fin = fin_idx >= 0
-    fin_end[has_fin] = tf.seq_mod(first_per_group(conn, seq_end, seg.count)[has_fin] + 1)
+    first = fin_idx[has_fin]
+    fin_end[has_fin] = tf.seq_mod(seg.seq[first] + seg.payload[first] + 1)
     f[f"{side}_fin_end"] = fin_end
     # The ACK test runs on the other side's acknowledgements after the FIN only.
     after_fin = seg.packets_after(fin_idx)
@@ -223,7 +224,7 @@ def _side_fin(seg: Segments, f: Facts, side: str, fins: np.ndarray, other_side: 
     f[f"{side}_fin_ack"] = seg.first_among(candidates[covering])
     # The same FIN sent again ends at the same sequence number.
     same = seq_end == tf.seq_mod(fin_end[conn] - 1)
-    f[f"{side}_fin_count"] = np.bincount(conn[same], minlength=seg.count).astype(np.int64)
+    f[f"{side}_fin_count"] = seg.count_where(fins[same])
     f[f"{side}_fin_last"] = last_per_group(conn[same], fins[same], seg.count)
 
 

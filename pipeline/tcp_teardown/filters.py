@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tcp_teardown.arrays import scalar, strings, to_numpy
+from tcp_teardown.codes import sorted_distinct
 from tcp_teardown.vocab import CLOSE_VALUES, FLAG_VALUES, OPEN_VALUES
 
 MAX_SET_MEMBERS = 500
@@ -44,7 +45,7 @@ class LabelFilter:
 
 def set_filters(field: str, members: list[int] | np.ndarray) -> tuple[str, ...]:
     """`field in {a,b,c}` filters, at most MAX_SET_MEMBERS members each."""
-    unique = _sorted_unique(np.asarray(members, dtype=np.int64))
+    unique = sorted_distinct(np.asarray(members, dtype=np.int64))
     if len(unique) > MAX_TOTAL_MEMBERS:  # counted before any text is made for a set that is dropped
         return ()
     return tuple(
@@ -53,20 +54,11 @@ def set_filters(field: str, members: list[int] | np.ndarray) -> tuple[str, ...]:
     )
 
 
-def _sorted_unique(values: np.ndarray) -> np.ndarray:
-    """np.unique by sort and compare: numpy 2's hash-based unique is slow, and most sets
-    (streams, frame numbers) arrive sorted already, so they are only checked."""
-    if len(values) < 2 or (values[1:] > values[:-1]).all():
-        return values
-    values = np.sort(values)
-    return values[np.r_[True, values[1:] != values[:-1]]]
-
-
 def label_filters(conns: pa.Table, frames: pa.Table) -> list[LabelFilter]:
     """Every label present in each capture, with its stream and frame filters.
 
     Works on integer codes: each (file, label) pair is one small integer key and rows are
-    split by key with one radix sort, so no Python object is made per connection or frame.
+    split by key (`_distinct_per_key`), so no Python object is made per connection or frame.
     """
     if conns.num_rows == 0:
         return []
@@ -214,7 +206,7 @@ def _distinct_per_key(keys: np.ndarray, values: np.ndarray, n_keys: int) -> list
     bounds = np.cumsum(np.bincount(few_keys, minlength=n_keys))[:-1]
     for key, part in enumerate(np.split(values[few][radix_order(few_keys, n_keys)], bounds)):
         if not many[key]:
-            found[key] = _sorted_unique(part)
+            found[key] = sorted_distinct(part)
     for key in np.flatnonzero(many).tolist():
         part = values[keys == key]
         low = int(part.min())

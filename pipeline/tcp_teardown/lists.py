@@ -35,17 +35,20 @@ class Grouped:
         return Grouped(self.groups[later], self.values[later])
 
     def permuted(self, order: np.ndarray) -> Grouped:
-        """The groups renumbered so that new group i is old group order[i] (values follow).
+        """The groups renumbered so that new group i is old group order[i] (values follow)."""
+        new_sizes, take = self._moved(order)
+        return Grouped(np.repeat(np.arange(len(order)), new_sizes), self.values[take])
+
+    def _moved(self, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For `permuted`: each new group's size, and where each value in the new order was.
 
         Each group's values are one contiguous block, so the blocks are moved, not sorted.
         """
-        count = len(order)
-        sizes = np.bincount(self.groups, minlength=count)
+        sizes = self.sizes(len(order))
         starts = np.cumsum(sizes) - sizes
         new_sizes = sizes[order]
         new_starts = np.cumsum(new_sizes) - new_sizes
-        take = np.repeat(starts[order] - new_starts, new_sizes) + np.arange(int(new_sizes.sum()))
-        return Grouped(np.repeat(np.arange(count), new_sizes), self.values[take])
+        return new_sizes, np.repeat(starts[order] - new_starts, new_sizes) + np.arange(int(new_sizes.sum()))
 
     @staticmethod
     def concat(parts: list[Grouped], offsets: list[int] | np.ndarray) -> Grouped:
@@ -61,13 +64,9 @@ class Grouped:
     def named_in_order(self, order: np.ndarray, names: list[str] | tuple[str, ...]) -> pa.ListArray:
         """`self.permuted(order).named(...)` in one move: the values are gathered straight
         into their new places and named by taking from the few `names`."""
-        count = len(order)
-        sizes = self.sizes(count)
-        new_sizes = sizes[order]
-        offsets = np.zeros(count + 1, dtype=np.int32)
+        new_sizes, take = self._moved(order)
+        offsets = np.zeros(len(order) + 1, dtype=np.int32)
         np.cumsum(new_sizes, out=offsets[1:])
-        starts = np.cumsum(sizes) - sizes
-        take = np.repeat(starts[order] - offsets[:-1], new_sizes) + np.arange(offsets[-1])
         return pa.ListArray.from_arrays(from_numpy(offsets), _name(self.values[take], names))
 
     def named(self, count: int, names: list[str] | tuple[str, ...]) -> pa.ListArray:

@@ -7,6 +7,7 @@ Wireshark profiles in the field filter on them.
 from __future__ import annotations
 
 from enum import StrEnum
+from functools import cache
 
 
 class Open(StrEnum):
@@ -64,6 +65,7 @@ FLAG_VALUES: tuple[str, ...] = tuple(v.value for v in Flag)
 TIME_WAIT_VALUES: tuple[str, ...] = tuple(v.value for v in TimeWaitSide)
 
 
+@cache  # a search of the vocabulary; the rules and key frames ask for the same few labels
 def code(label: StrEnum) -> int:
     """A label's position in its vocabulary: inside the pipeline labels travel as these
     small integers (one byte a connection) and become names only in the written tables."""

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tcp_teardown import ingest
+from tcp_teardown.arrays import from_numpy, to_numpy
 from tcp_teardown.errors import ExitCode, TeardownError
 from tcp_teardown.hashing import hash_text, mix
 from tcp_teardown.schema import PACKETS
@@ -123,8 +124,8 @@ def bucket_of(table: pa.Table, buckets: int) -> np.ndarray:
 
     def endpoint(ip: str, port: str) -> np.ndarray:
         encoded = pc.dictionary_encode(table.column(ip)).combine_chunks()
-        ip_hash = hash_text(encoded.dictionary)[encoded.indices.to_numpy(zero_copy_only=False)]
-        ports = table.column(port).to_numpy().astype(np.uint64)
+        ip_hash = hash_text(encoded.dictionary)[to_numpy(encoded.indices)]
+        ports = to_numpy(table.column(port)).astype(np.uint64)
         return mix(ip_hash ^ (ports * _MIX))
 
     a, b = endpoint("src_ip", "src_port"), endpoint("dst_ip", "dst_port")
@@ -142,8 +143,8 @@ def write_buckets(table: pa.Table, buckets: int, target: Path) -> list[int]:
     counts = np.bincount(bucket, minlength=buckets)
     # One address dictionary for the whole file: an IPC file holds one per column.
     table = table.unify_dictionaries().combine_chunks()
-    ordered = table.take(pa.array(order)) if table.num_rows else table
-    columns = [ordered.column(i).chunk(0) if ordered.column(i).num_chunks else pa.array([], f.type)
+    ordered = table.take(from_numpy(order)) if table.num_rows else table
+    columns = [ordered.column(i).chunk(0) if ordered.column(i).num_chunks else pa.nulls(0, f.type)
                for i, f in enumerate(PACKETS)]
     tmp = target.with_name(f".{target.name}.tmp")
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, PACKETS, options=IPC_OPTIONS) as writer:

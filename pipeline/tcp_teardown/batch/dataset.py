@@ -204,12 +204,6 @@ def read_connections(root: Path, columns: list[str], parts: set[str]) -> pa.Tabl
     return dataset.to_table(columns=columns)
 
 
-# The columns endpoints.endpoint_table and host_table read (as api.analyze_tables passes
-# them); test_batch compares the dataset's aggregates with theirs over all columns.
-AGGREGATED = ["client_ip", "client_port", "server_ip", "server_port", "open", "close", "flags",
-              "first_ts", "last_ts"]
-
-
 def write_aggregates(root: Path, manifest: Manifest, msl: float) -> dict[str, int]:
     """Recompute endpoints and hosts from every connection of the dataset; replace atomically.
 
@@ -220,7 +214,8 @@ def write_aggregates(root: Path, manifest: Manifest, msl: float) -> dict[str, in
     from tcp_teardown import endpoints
 
     digest = inputs_digest(manifest)
-    conns = read_connections(root, AGGREGATED, manifest.done_parts())
+    # test_batch compares the dataset's aggregates with a single run's over all columns.
+    conns = read_connections(root, endpoints.COLUMNS, manifest.done_parts())
     endpoint_rows, host_rows = endpoints.aggregate_tables(conns, msl)
     tables = {"endpoints": endpoint_rows, "hosts": host_rows}
     rows = {}

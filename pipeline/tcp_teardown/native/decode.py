@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tcp_teardown.codes import sorted_distinct
 from tcp_teardown.native import frames as fr
 from tcp_teardown.native import link, tunnels
 from tcp_teardown.native.frames import Frames
 from tcp_teardown.native.ip import IPV4_HEADER, IPPackets, header_fields, parse_ip
-from tcp_teardown.native.views import Views, blocks, distinct, is_in
+from tcp_teardown.native.views import Views, blocks, is_in
 
 TCP = 6
 ICMP = 1
@@ -162,7 +163,7 @@ def _plain_tcp(frames: Frames, room: Room | None = None) -> tuple[Segments, np.n
     parts: list[Segments] = []
     if not len(frames):
         return Segments.concat([]), np.zeros(0, dtype=np.int64)
-    links = _link_types(frames.link)
+    links = sorted_distinct(frames.link).tolist()
     for link_type in links:
         if link_type in PLAIN_LINKS:
             which = None if len(links) == 1 else np.flatnonzero(frames.link == link_type)
@@ -178,12 +179,6 @@ def _plain_tcp(frames: Frames, room: Room | None = None) -> tuple[Segments, np.n
     rest = np.ones(len(frames), dtype=bool)
     rest[plain.frame] = False
     return plain, np.flatnonzero(rest)
-
-
-def _link_types(links: np.ndarray) -> list[int]:
-    if links[0] == links[-1] and (links == links[0]).all():
-        return [int(links[0])]
-    return distinct(links).tolist()
 
 
 def _plain_link(frames: Frames, which: np.ndarray | None, size: int, ethertype_at: int | None,

@@ -8,10 +8,11 @@ from typing import Protocol
 
 import numpy as np
 
+from tcp_teardown.codes import sorted_distinct
 from tcp_teardown.native.chains import RecordLayout, Walk, walk_records
 from tcp_teardown.native.errors import NativeUnsupported, TruncatedCapture
 from tcp_teardown.native.files import ByteSource
-from tcp_teardown.native.views import Views, blocks, distinct
+from tcp_teardown.native.views import Views, blocks
 
 # Link types the decoder understands (pcap LINKTYPE_ values).
 LINK_NULL = 0
@@ -77,18 +78,18 @@ class Frames:
     @property
     def wirelen(self) -> np.ndarray:
         """int64 bytes on the wire (Wireshark's "reported length")."""
-        if self.known_wirelen is None:
-            self._read_records()
-        assert self.known_wirelen is not None
-        return self.known_wirelen
+        return self._records()[0]
 
     @property
     def ts(self) -> np.ndarray:
         """float64 seconds since the epoch."""
-        if self.known_ts is None:
+        return self._records()[1]
+
+    def _records(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.known_wirelen is None or self.known_ts is None:
             self._read_records()
-        assert self.known_ts is not None
-        return self.known_ts
+        assert self.known_wirelen is not None and self.known_ts is not None
+        return self.known_wirelen, self.known_ts
 
     def _read_records(self) -> None:
         record = self.record
@@ -125,7 +126,7 @@ class Frames:
 
 def check_links(links: np.ndarray) -> None:
     """Decline a window that has frames of a link type the decoder does not know."""
-    unknown = set(distinct(links).tolist()) - SUPPORTED_LINKS
+    unknown = set(sorted_distinct(links).tolist()) - SUPPORTED_LINKS
     if unknown:
         raise NativeUnsupported(f"link type(s) {sorted(unknown)} not supported natively")
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from tcp_teardown.codes import sorted_distinct
 from tcp_teardown.native import frames as fr
 from tcp_teardown.native.frames import Frames
-from tcp_teardown.native.views import distinct, is_in
+from tcp_teardown.native.views import is_in
 
 IP = 0x0800
 IP6 = 0x86DD
@@ -36,8 +37,9 @@ def link_layer(frames: Frames) -> tuple[np.ndarray, np.ndarray]:
     code = np.full(count, NONE, dtype=np.int64)
     if count == 0:
         return l3, code
-    single = frames.link[0] == frames.link[-1] and (frames.link == frames.link[0]).all()
-    for link in [int(frames.link[0])] if single else distinct(frames.link).tolist():
+    links = sorted_distinct(frames.link).tolist()
+    single = len(links) == 1
+    for link in links:
         idx = np.arange(count) if single else np.flatnonzero(frames.link == link)
         if link == fr.LINK_ETHERNET:
             _ethernet(frames, idx, l3, code)

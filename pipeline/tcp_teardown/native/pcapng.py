@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tcp_teardown.codes import sorted_distinct
 from tcp_teardown.native.chains import RecordLayout
 from tcp_teardown.native.errors import NativeUnsupported, TruncatedCapture
 from tcp_teardown.native.files import ByteSource
 from tcp_teardown.native.frames import LINK_ETHERNET, Frames, check_links, iter_windows, truncated_tail
 from tcp_teardown.native.pcap import timestamps
-from tcp_teardown.native.views import Views, distinct, is_in
+from tcp_teardown.native.views import Views, is_in
 
 SHB = 0x0A0D0D0A
 IDB = 1
@@ -230,7 +231,7 @@ def _frames(views: Views, offsets: np.ndarray, section: Section, frame_no: int) 
         raise NativeUnsupported("pcapng packet longer than its block")
     data = p + np.where(simple, 12, 28)
     links = np.array([i.link for i in section.interfaces] or [0], dtype=np.int32)
-    used = distinct(interface[packet]).tolist()
+    used = sorted_distinct(interface[packet]).tolist()
     check_links(links[used])
     ts = np.zeros(count, dtype=np.float64)
     for index in used:
@@ -270,7 +271,7 @@ def _epb_frames(
         raise NativeUnsupported("pcapng packet longer than its block")
     ticks = head["high"].astype(np.uint64) << np.uint64(32) | head["low"]
     links = np.array([i.link for i in section.interfaces], dtype=np.int32)
-    used = [int(interface[0])] if interface.min() == interface.max() else distinct(interface).tolist()
+    used = sorted_distinct(interface).tolist()
     check_links(links[used])
     if len(used) == 1:
         ts = _seconds(ticks, section.interfaces[used[0]])

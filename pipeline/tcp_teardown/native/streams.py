@@ -449,8 +449,9 @@ def _mixed_keys(seg: Segments, v4: np.ndarray) -> PairKeys:
     words = [head, lo_hi, lo_lo, hi_hi, hi_lo]
     low = _endpoint(lo_lo, lo_port)
     high = _endpoint(hi_lo, hi_port)
-    six = _hash2(_hash2(low, high) ^ _SIX, _hash2(lo_hi, hi_hi))
-    hashed = np.where(v4, _hash2(low, high), six)
+    four = _hash2(low, high)
+    six = _hash2(four ^ _SIX, _hash2(lo_hi, hi_hi))
+    hashed = np.where(v4, four, six)
     return PairKeys(hash=hashed, direction=~src_first, words=words, ipv4_only=False)
 
 

@@ -1,5 +1,5 @@
 """Fixed-width integer views of a byte buffer at every byte offset (and the small array
-helpers the readers share: blocks, distinct, is_in, empty).
+helpers the readers share: blocks, is_in, empty).
 
 `Views(buf).u32be[p]` is the big-endian uint32 starting at byte `p` of `buf`. The views
 overlap (stride one byte), so reading a header field for a million packets is one NumPy
@@ -53,16 +53,6 @@ class Views:
 
     def u32(self, little: bool) -> np.ndarray:
         return self.u32le if little else self.u32be
-
-
-def distinct(values: np.ndarray) -> np.ndarray:
-    """The sorted distinct values, as np.unique gives them. (np.unique without its
-    return_* options imports numpy.ma the first time, about 10 ms.)"""
-    ordered = np.sort(values, axis=None)
-    first = np.empty(len(ordered), dtype=bool)
-    first[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
-    return ordered[first]
 
 
 def is_in(values: np.ndarray, choices: np.ndarray) -> np.ndarray:

@@ -6,9 +6,6 @@ written dictionary columns.
 
 from __future__ import annotations
 
-from enum import StrEnum
-from functools import cache
-
 import numpy as np
 import pyarrow as pa
 
@@ -27,15 +24,10 @@ TIME_WAIT_OF[code(Close.FIN_BY_SERVER)] = code(TimeWaitSide.SERVER)
 TIME_WAIT_OF[code(Close.FIN_SIMULTANEOUS)] = code(TimeWaitSide.BOTH)
 
 
-@cache  # vocab.code searches the vocabulary; the rules ask for the same labels every slice
-def _code(label: StrEnum) -> int:
-    return code(label)
-
-
 def _first_match(rules: list[Rule], facts: Facts, params: Params) -> np.ndarray:
     """The code of the first rule that holds, per connection (the chain's precedence)."""
     masks = [np.asarray(rule.fn(facts, params), dtype=bool) for rule in rules]
-    decided = np.select(masks, [_code(rule.label) for rule in rules], default=NO_LABEL).astype(np.int8)
+    decided = np.select(masks, [code(rule.label) for rule in rules], default=NO_LABEL).astype(np.int8)
     if (decided == NO_LABEL).any():
         kind = rules[0].label.__class__.__name__
         raise AssertionError(f"{int((decided == NO_LABEL).sum())} connections matched no {kind} rule")

@@ -18,53 +18,49 @@ ENDED_BY_FIN = [*ORDERLY, code(Close.HALF_CLOSED)]
 HANDSHAKE = code(Open.HANDSHAKE)
 
 
-def _col(f: Facts, name: str) -> np.ndarray:
-    return f[name]
-
-
 @flag_rule
 def three_way_close(f: Facts, p: Params) -> np.ndarray:
     """The passive side's FIN rode on its ACK of the first FIN (FIN, FIN+ACK, ACK)."""
     in_order = any_of(f["close"], ORDERLY[:2])
-    return in_order & _col(f, "fin_on_ack_of_fin")
+    return in_order & f["fin_on_ack_of_fin"]
 
 
 @flag_rule
 def refused_after_handshake(f: Facts, p: Params) -> np.ndarray:
     """The server closed (FIN or RST) right after the handshake, before either side sent payload."""
-    quick = (_col(f, "close_ts") - _col(f, "handshake_ts")) < p.idle_threshold
-    return ((f["open"] == HANDSHAKE) & (_col(f, "close_event") >= 0)
-            & ~_col(f, "close_event_by_client").astype(bool)
-            & (_col(f, "payload_before_close") == 0) & np.nan_to_num(quick, nan=0).astype(bool))
+    quick = (f["close_ts"] - f["handshake_ts"]) < p.idle_threshold
+    return ((f["open"] == HANDSHAKE) & (f["close_event"] >= 0)
+            & ~f["close_event_by_client"].astype(bool)
+            & (f["payload_before_close"] == 0) & np.nan_to_num(quick, nan=0).astype(bool))
 
 
 @flag_rule
 def rst_after_fin(f: Facts, p: Params) -> np.ndarray:
     """A side sent RST after a FIN had been sent but before the orderly release completed."""
-    first_fin, rst = _col(f, "first_fin_at"), _col(f, "rst")  # a FIN inferred from ACKs counts
+    first_fin, rst = f["first_fin_at"], f["rst"]  # a FIN inferred from ACKs counts
     return any_of(f["close"], ABORTS) & (first_fin >= 0) & (first_fin < rst)
 
 
 @flag_rule
 def rst_after_close(f: Facts, p: Params) -> np.ndarray:
     """A RST came after both FINs were acknowledged (a late segment hit a closed socket)."""
-    final, rst = _col(f, "final_ack"), _col(f, "rst")
+    final, rst = f["final_ack"], f["rst"]
     return (final >= 0) & (rst > final)
 
 
 @flag_rule
 def fin_retransmitted(f: Facts, p: Params) -> np.ndarray:
     """A FIN was sent again (its ACK was lost or late)."""
-    resent = (_col(f, "client_fin_count") > 1) | (_col(f, "server_fin_count") > 1)
+    resent = (f["client_fin_count"] > 1) | (f["server_fin_count"] > 1)
     return any_of(f["open"], OPENED) & resent
 
 
 @flag_rule
 def final_ack_missing(f: Facts, p: Params) -> np.ndarray:
     """The last FIN was never acknowledged in the capture."""
-    unacked = (((_col(f, "client_fin") >= 0) & (_col(f, "client_fin_ack") < 0))
-               | ((_col(f, "server_fin") >= 0) & (_col(f, "server_fin_ack") < 0)))
-    both_sides_seen = (_col(f, "packets_c2s") > 0) & (_col(f, "packets_s2c") > 0)
+    unacked = (((f["client_fin"] >= 0) & (f["client_fin_ack"] < 0))
+               | ((f["server_fin"] >= 0) & (f["server_fin_ack"] < 0)))
+    both_sides_seen = (f["packets_c2s"] > 0) & (f["packets_s2c"] > 0)
     ended_by_fin = any_of(f["close"], ENDED_BY_FIN)
     return ended_by_fin & unacked & both_sides_seen
 
@@ -72,39 +68,39 @@ def final_ack_missing(f: Facts, p: Params) -> np.ndarray:
 @flag_rule
 def syn_retransmitted(f: Facts, p: Params) -> np.ndarray:
     """The client's SYN was sent more than once."""
-    return _col(f, "syn_count") > 1
+    return f["syn_count"] > 1
 
 
 @flag_rule
 def syn_ack_retransmitted(f: Facts, p: Params) -> np.ndarray:
     """The server's SYN-ACK was sent more than once; the gaps go in `syn_ack_intervals`."""
-    return _col(f, "syn_ack_count") > 1
+    return f["syn_ack_count"] > 1
 
 
 @flag_rule
 def idle_close(f: Facts, p: Params) -> np.ndarray:
     """The first FIN or RST came after at least `idle_threshold` of silence: an idle timeout closed it."""
-    idle = np.nan_to_num(_col(f, "idle_before_close_s").astype(float), nan=-1.0)
+    idle = np.nan_to_num(f["idle_before_close_s"].astype(float), nan=-1.0)
     return any_of(f["open"], OPENED) & (idle >= p.idle_threshold)
 
 
 @flag_rule
 def port_reuse_time_wait(f: Facts, p: Params) -> np.ndarray:
     """This connection's SYN reused the 4-tuple of an earlier one less than 2·MSL after it closed."""
-    pair = _col(f, "pair")
+    pair = f["pair"]
     same_pair = np.r_[False, pair[1:] == pair[:-1]]
     prev_in_time_wait = np.r_[False, any_of(f["close"], ORDERLY)[:-1]]
-    prev_last = np.r_[np.nan, _col(f, "last_ts")[:-1]]
-    syn_ts = _col(f, "syn_ts")
+    prev_last = np.r_[np.nan, f["last_ts"][:-1]]
+    syn_ts = f["syn_ts"]
     gap = syn_ts - prev_last
-    return (same_pair & prev_in_time_wait & (_col(f, "syn") >= 0)
+    return (same_pair & prev_in_time_wait & (f["syn"] >= 0)
             & np.nan_to_num(gap < 2 * p.msl, nan=0).astype(bool))
 
 
 @flag_rule
 def time_wait_challenge(f: Facts, p: Params) -> np.ndarray:
     """The SYN was answered with a bare ACK (the TIME_WAIT side re-acknowledging the old connection)."""
-    return _col(f, "challenge_ack") >= 0
+    return f["challenge_ack"] >= 0
 
 
 @flag_rule
@@ -115,12 +111,12 @@ def one_direction_only(f: Facts, p: Params) -> np.ndarray:
     sent data, a FIN) or it completes a handshake whose SYN-ACK is missing. A lone packet,
     or a side whose ACK never moves, says nothing about the other direction of the capture.
     """
-    one_way = (_col(f, "packets_c2s") == 0) | (_col(f, "packets_s2c") == 0)
-    shows_peer = (_col(f, "ack_moves") > 0) | (_col(f, "handshake_ack") >= 0)
+    one_way = (f["packets_c2s"] == 0) | (f["packets_s2c"] == 0)
+    shows_peer = (f["ack_moves"] > 0) | (f["handshake_ack"] >= 0)
     return one_way & shows_peer
 
 
 @flag_rule
 def rst_suspect_injected(f: Facts, p: Params) -> np.ndarray:
     """A RST whose TTL / hop limit differs from the other packets of its side (a middlebox sent it)."""
-    return _col(f, "suspect_rsts") > 0
+    return f["suspect_rsts"] > 0
