@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterable
@@ -15,7 +14,8 @@ import pyarrow.compute as pc
 
 from tcp_teardown import endpoints, filters
 from tcp_teardown.analysis import analyze_packets
-from tcp_teardown.errors import ExitCode, TeardownError, display_path
+from tcp_teardown.digest import BackgroundDigest
+from tcp_teardown.errors import display_path
 from tcp_teardown.facts import Params
 from tcp_teardown.ingest import ReadReport, read_packet_table
 from tcp_teardown.schema import CONNECTIONS, FRAMES
@@ -57,30 +57,17 @@ class Tables:
     tshark: Tshark | None = None
 
 
-def file_digest(path: Path) -> tuple[int, str]:
-    """Size and SHA-256 of the bytes read (a file replaced mid-run is an input error)."""
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
-    except OSError as exc:
-        raise TeardownError(f"{path}: cannot read: {exc.strerror or exc}", ExitCode.INPUT_MISSING) from exc
-    return size, digest.hexdigest()
-
-
 def analyze_file(path: Path, params: Params, engine: str = "auto",
                  tshark: Tshark | None = None, name: str | None = None) -> tuple[pa.Table, pa.Table, FileReport]:
     """Labelled connections and key frames of one capture, and a report of the read."""
     report = ReadReport()
-    holder = [read_packet_table(path, engine, tshark, report)]
-    packet_count = holder[0].num_rows
-    # The list lets analyze_packets drop the only reference once it has its own arrays.
-    name = name or display_path(path)
-    result = analyze_packets(holder, name, params)
-    size, sha = file_digest(path)
+    with BackgroundDigest(path) as digest:
+        holder = [read_packet_table(path, engine, tshark, report)]
+        packet_count = holder[0].num_rows
+        # The list lets analyze_packets drop the only reference once it has its own arrays.
+        name = name or display_path(path)
+        result = analyze_packets(holder, name, params)
+        size, sha = digest.result()
     return result.connections, result.frames, FileReport(
         path=name, size=size, sha256=sha, engine=report.engine,
         packets=packet_count, connections=result.connections.num_rows,

@@ -29,12 +29,12 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Protocol
 
-from tcp_teardown.api import file_digest
 from tcp_teardown.batch import dataset, jobs
 from tcp_teardown.batch.discover import Unit, discover, group_units
 from tcp_teardown.batch.manifest import Manifest, Record, Status, is_part_path
 from tcp_teardown.batch.progress import Progress
 from tcp_teardown.batch.tasks import TaskError
+from tcp_teardown.digest import file_digest
 from tcp_teardown.errors import ExitCode, TeardownError
 from tcp_teardown.facts import Params
 from tcp_teardown.output import prepare_out_dir

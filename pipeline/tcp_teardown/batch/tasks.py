@@ -140,11 +140,12 @@ class Digested:
 
 
 def split_capture(spec: SplitSpec) -> Digested:
-    from tcp_teardown.api import file_digest
+    from tcp_teardown.digest import BackgroundDigest
 
-    outcome = chunks.split_member(spec.member, Path(spec.path), Path(spec.scratch), spec.chunk_packets,
-                                  spec.buckets, spec.engine, spec.tshark)
-    size, sha = file_digest(Path(spec.path))
+    with BackgroundDigest(Path(spec.path)) as digest:
+        outcome = chunks.split_member(spec.member, Path(spec.path), Path(spec.scratch), spec.chunk_packets,
+                                      spec.buckets, spec.engine, spec.tshark)
+        size, sha = digest.result()
     return Digested(outcome, size, sha)
 
 
@@ -158,12 +159,13 @@ class PieceSpec:
 
 
 def read_piece(spec: PieceSpec) -> Digested | chunks.PieceOutcome:
-    from tcp_teardown.api import file_digest
+    from tcp_teardown.digest import BackgroundDigest
 
-    outcome = chunks.read_piece(spec.source, Path(spec.target), spec.buckets, spec.tshark)
     if not spec.digest:
-        return outcome
-    size, sha = file_digest(Path(spec.source.path))
+        return chunks.read_piece(spec.source, Path(spec.target), spec.buckets, spec.tshark)
+    with BackgroundDigest(Path(spec.source.path)) as digest:
+        outcome = chunks.read_piece(spec.source, Path(spec.target), spec.buckets, spec.tshark)
+        size, sha = digest.result()
     return Digested(outcome, size, sha)
 
 
