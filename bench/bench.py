@@ -5,9 +5,10 @@
                           [--nfstream-python PY]
 
 Everything runs in one go on the same capture, each tool as its own process pinned to one
-core (`taskset`), and the table prints packets/s, peak RSS and the ratios against bare
-`tshark -T ek` (the same fields our tshark engine asks for) and against tcptrace, so the
-figures hold even when the machine's speed drifts between runs.
+core (`taskset`; `batch` runs its driver and its one worker there), and the table prints
+packets/s, peak RSS and the ratios against bare `tshark -T ek` (the same fields our
+tshark engine asks for) and against tcptrace, so the figures hold even when the
+machine's speed drifts between runs.
 
 Without --capture, the workload is real kernel traffic: short HTTP-like connections
 between two network namespaces, captured with tcpdump (needs root, ip, tcpdump); it is
@@ -118,7 +119,7 @@ def main() -> int:
     parser.add_argument("--cores", default="0", help="CPU list for taskset (one core by default)")
     parser.add_argument("--nfstream-python", help="a Python that has NFStream (default: this one)")
     parser.add_argument("--repeat", type=int, default=5,
-                        help="runs of each fast command (our native engine, tcptrace); the best counts")
+                        help="runs of each fast command (our native engine, batch, tcptrace); the best counts")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     capture = args.capture
@@ -151,6 +152,11 @@ def main() -> int:
     rows = [
         measure("tcp-teardown (native engine)", [cli, "analyze", str(capture), "--out", str(out / "n"),
                                                   "--engine", "native"], total, args.cores, args.repeat),
+        # The archive path: one worker process, the capture read in pieces of 500k packets
+        # that are bucketed by 4-tuple, analyzed and stitched (--force: redone every run).
+        measure("tcp-teardown batch (1 worker)", [cli, "batch", str(capture), "--out", str(out / "b"), "-j", "1",
+                                                  "--engine", "native", "--force", "-q"], total, args.cores,
+                args.repeat),
         measure("tcp-teardown (tshark engine)", [cli, "analyze", str(sample), "--out", str(out / "t"),
                                                   "--engine", "tshark"], sample_packets, args.cores),
         measure("bare tshark -T ek", ek_command(find_tshark(), str(sample)), sample_packets, args.cores),
@@ -169,7 +175,7 @@ def main() -> int:
     base = next(r for r in rows if r["name"].startswith("bare tshark"))
     trace = next((r for r in rows if r["name"].startswith("tcptrace")), None)
     print(f"capture: {capture} ({total} packets; tshark rows on the first {sample_packets}); "
-          f"one core: {args.cores}; best of {args.repeat} runs for the native engine and tcptrace")
+          f"one core: {args.cores}; best of {args.repeat} runs for the native engine, batch and tcptrace")
     print(f"{'tool':32} {'packets/s':>12} {'peak RSS MiB':>13} {'x bare tshark':>14} {'x tcptrace':>11}")
     for r in rows:
         vs_trace = f"{r['rate'] / trace['rate']:.2f}" if trace else "-"

@@ -13,6 +13,7 @@ test_batch_dask.py and test_chunks.py.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -35,7 +36,7 @@ import pytest
 from tcp_teardown.api import analyze_file
 from tcp_teardown.batch import Options, run_batch
 from tcp_teardown.batch.discover import Capture, discover, group_units, rotation_key
-from tcp_teardown.batch.manifest import Manifest, Part, Record
+from tcp_teardown.batch.manifest import MANIFEST_SCHEMA, Manifest, Part, Record
 from tcp_teardown.batch.progress import Progress
 from tcp_teardown.endpoints import endpoint_table, host_table
 from tcp_teardown.facts import Params
@@ -478,6 +479,31 @@ def test_manifest_ignores_a_torn_last_line(tmp_path: Path) -> None:
     assert reread.get("a/x.pcap") == record and reread.get("a/y.pcap") is None and reread.torn_lines == 1
     reread.append([Record(file="a/y.pcap", path="/a/y.pcap", size=1, mtime_ns=2, sha256="01", status="failed")])
     assert Manifest(tmp_path).get("a/y.pcap").status == "failed"  # not glued to the torn line
+
+
+def test_manifest_table_holds_every_record_field(tmp_path: Path) -> None:
+    """The Parquet copy of the manifest: what Arrow makes of the records' own values."""
+    manifest = Manifest(tmp_path)
+    assert manifest.table().equals(MANIFEST_SCHEMA.empty_table())
+    done = Record(file="b/x.pcap", path="/b/x.pcap", size=10, mtime_ns=2**62, sha256="ab" * 32, status="done",
+                  engine="native", packets=5, connections=2, key_frames=3, truncated=True,
+                  warnings=["cut short", 'a "quoted" \\ warning \u00e9'], day="2024-01-01",
+                  parts=[Part("connections/day=2024-01-01/part-x.parquet", 3, 4), Part("filters/x.txt", 1, 2)],
+                  rotation_set="b/x", set_signature="ff", chunks=4, params={"msl": 30.0, "idle_threshold": 5},
+                  version="0.1.0", started="2024-01-01T00:00:00+00:00", finished="2024-01-01T00:00:03+00:00",
+                  seconds=3, task_seconds=2.5)
+    failed = Record(file="a/y.pcap", path="/a/y.pcap", size=1, mtime_ns=2, sha256=None, status="failed",
+                    error="not a capture", exit_code=4)
+    manifest.append([done, failed])
+    rows = []
+    for record in (failed, done):  # sorted by file
+        row = dataclasses.asdict(record)
+        row["parts"] = [p["path"] for p in row["parts"]]
+        row["params"] = json.dumps(row["params"], sort_keys=True)
+        rows.append(row)
+    expected = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+    assert manifest.table().equals(expected)
+    assert manifest.table().column("warnings")[1].as_py() == done.warnings
 
 
 def test_progress_line_has_files_rate_and_eta() -> None:

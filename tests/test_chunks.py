@@ -22,8 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from tcp_teardown import filters
 from tcp_teardown.analysis import analyze_packets
-from tcp_teardown.batch import Options, chunks, run_batch, stitch
+from tcp_teardown.batch import Options, chunks, dataset, run_batch, stitch
 from tcp_teardown.batch.manifest import Manifest
 from tcp_teardown.batch.synth import replicate
 from tcp_teardown.facts import Params
@@ -73,6 +74,7 @@ def test_tiny_pieces_equal_the_whole_file(capture: Path, tmp_path: Path) -> None
     conns, frames = chunked_in_process(packets, "x", tmp_path, piece_rows=5, buckets=3)
     assert_same_rows(conns, whole.connections, "connections")
     assert_same_rows(frames, whole.frames, "frames")
+    assert_same_filters(tmp_path / "ds", "x", whole.connections, whole.frames)
 
 
 @needs_tshark
@@ -154,6 +156,14 @@ def test_native_batches_as_pieces_equal_the_whole_file(large: tuple[Path, Path, 
     conns, frames = analyze_reference(single / "big.pcap", "in/big.pcap", engine="native")
     assert_same_rows(read_kind(tmp_path / "ds", "connections"), conns, "connections")
     assert_same_rows(read_kind(tmp_path / "ds", "frames"), frames, "frames")
+    assert_same_filters(tmp_path / "ds", "in/big.pcap", conns, frames)
+
+
+def assert_same_filters(root: Path, name: str, conns: pa.Table, frames: pa.Table) -> None:
+    """The filters a stitched run writes, bucket by bucket, are those of the whole file."""
+    written = (root / dataset.filters_path(name)).read_text(encoding="utf-8")
+    assert written == filters.render_text(filters.label_filters(conns, frames))
+    assert "tcp.stream in {" in written and "frame.number in {" in written
 
 
 def _high_water_mb(process: object) -> float:

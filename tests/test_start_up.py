@@ -1,4 +1,4 @@
-"""What a run of `analyze` loads: never pandas (pyarrow imports it, ~0.2 s, when it
+"""What a run of `analyze`, and the tasks of `batch`, load: never pandas (pyarrow imports it, ~0.2 s, when it
 converts NumPy arrays or Python values itself), and tshark only when a file needs it."""
 
 from __future__ import annotations
@@ -71,3 +71,57 @@ def test_auto_looks_for_tshark_only_when_a_file_falls_back(tmp_path: Path) -> No
     assert summary["tshark"] is None and summary["inputs"][0]["engine"] == "native"
     named = _analyze(tmp_path, "--tshark", str(bare / "tshark"), env=env)
     assert named.returncode != 0 and "tshark not found" in named.stderr
+
+
+# A batch run whose tasks (what pool workers execute) run in this interpreter, each as it
+# is submitted: the driver and every kind of task in one process that notes imports.
+BATCH_SCRIPT = """
+import sys
+from concurrent.futures import Future
+from pathlib import Path
+
+attempts = []
+
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "pandas":
+            attempts.append(name)
+        return None
+
+
+sys.meta_path.insert(0, Watch())
+from tcp_teardown.batch.runner import Options, run_batch
+
+
+class Inline:
+    name, slots = "inline", 1
+
+    def submit(self, fn, *args):
+        future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def wait(self, futures, timeout):
+        return [f for f in futures if f.done()]
+
+    def result(self, future):
+        return future.result()
+
+    def close(self, abort=False):
+        pass
+
+
+options = Options(out=Path(sys.argv[2]), chunk_packets=int(sys.argv[3]), progress=False)
+summary = run_batch([sys.argv[1]], options, Inline())
+assert not summary.failed and summary.connections > 0, summary
+print("pandas imported" if attempts else "pandas not imported", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("chunk_packets", [0, 40], ids=["whole-file task", "pieces, buckets, finish"])
+def test_batch_never_imports_pandas(tmp_path: Path, chunk_packets: int) -> None:
+    done = subprocess.run([sys.executable, "-c", BATCH_SCRIPT, str(SAMPLE), str(tmp_path / "ds"), str(chunk_packets)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "pandas not imported"

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tcp_teardown import ingest
-from tcp_teardown.arrays import from_numpy, to_numpy
+from tcp_teardown.arrays import from_numpy, scalar, to_numpy
 from tcp_teardown.errors import ExitCode, TeardownError
 from tcp_teardown.hashing import hash_text, mix
 from tcp_teardown.schema import PACKETS
@@ -172,7 +172,7 @@ def read_buckets(paths: list[str], buckets: list[int]) -> pa.Table:
 
 def with_frame_keys(table: pa.Table, member: int, frame_offset: int) -> pa.Table:
     """frame_number -> member << 32 | (frames before the piece + frame number in the piece)."""
-    keys = pc.add(table.column("frame_number"), (member << MEMBER_SHIFT) + frame_offset)
+    keys = pc.add(table.column("frame_number"), scalar((member << MEMBER_SHIFT) + frame_offset, pa.int64()))
     return table.set_column(table.schema.get_field_index("frame_number"), PACKETS.field("frame_number"), keys)
 
 

@@ -22,6 +22,7 @@ Two numbers need care because pieces are files of their own:
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import pyarrow.compute as pc
 
 from tcp_teardown import filters, tcpflags
 from tcp_teardown.analysis import analyze_packets
+from tcp_teardown.arrays import from_numpy, scalar, strings, to_numpy
 from tcp_teardown.batch import dataset
 from tcp_teardown.batch.chunks import FRAME_MASK, IPC_OPTIONS, MEMBER_SHIFT, read_buckets
 from tcp_teardown.batch.manifest import Part
@@ -57,24 +59,24 @@ def conversation_openers(table: pa.Table, members: frozenset[int]) -> tuple[pa.T
     (its ack minus one). Returns the table with `tcp_stream` = OPENER_FLAG | opener key
     for those packets, and the opener keys (the conversations) found.
     """
-    keys = table.column("frame_number").to_numpy()
+    keys = to_numpy(table.column("frame_number"))
     rows = np.flatnonzero(np.isin(keys >> MEMBER_SHIFT, np.fromiter(members, np.int64, len(members))))
     if len(rows) == 0:
         return table, np.zeros(0, np.int64)
-    sub = table.take(pa.array(rows))
+    sub = table.take(from_numpy(rows))
     key = keys[rows]
     _, codes = address_codes(sub)
     n = len(rows)
-    src = codes[:n] * 65536 + sub.column("src_port").to_numpy().astype(np.int64)
-    dst = codes[n:] * 65536 + sub.column("dst_port").to_numpy().astype(np.int64)
+    src = codes[:n] * 65536 + to_numpy(sub.column("src_port")).astype(np.int64)
+    dst = codes[n:] * 65536 + to_numpy(sub.column("dst_port")).astype(np.int64)
     lo, hi = np.minimum(src, dst), np.maximum(src, dst)
     group = pair_codes(key >> MEMBER_SHIFT, pair_codes(lo, hi))  # a pair within one file
     side = (src != lo).astype(np.int64)
     order = np.lexsort((key, group))
     g, d = group[order], side[order]
-    flags = sub.column("tcp_flags").to_numpy()[order]
-    seq = sub.column("seq_raw").to_numpy()[order] & SEQ_MASK
-    ack = sub.column("ack_raw").to_numpy()[order]
+    flags = to_numpy(sub.column("tcp_flags"))[order]
+    seq = to_numpy(sub.column("seq_raw"))[order] & SEQ_MASK
+    ack = to_numpy(sub.column("ack_raw"))[order]
     position = np.arange(n)
     first = np.r_[True, g[1:] != g[:-1]]
     group_start = np.maximum.accumulate(np.where(first, position, 0))
@@ -103,10 +105,10 @@ def conversation_openers(table: pa.Table, members: frozenset[int]) -> tuple[pa.T
     opener_sorted = key[order][opener_pos]
     opener = np.empty(n, np.int64)
     opener[order] = opener_sorted
-    stream = pc.fill_null(table.column("tcp_stream"), -1).to_numpy().copy()
+    stream = to_numpy(pc.fill_null(table.column("tcp_stream"), scalar(-1, pa.int64()))).copy()
     stream[rows] = opener | OPENER_FLAG
     index = table.schema.get_field_index("tcp_stream")
-    table = table.set_column(index, PACKETS.field("tcp_stream"), pa.array(stream, pa.int64()))
+    table = table.set_column(index, PACKETS.field("tcp_stream"), from_numpy(stream, pa.int64()))
     return table, np.unique(opener_sorted[opens])
 
 
@@ -182,20 +184,20 @@ def _read_ipc(path: str) -> pa.Table:
 
 
 def _frame_numbers(column: pa.ChunkedArray) -> pa.Array:
-    return pc.bit_wise_and(column.combine_chunks(), pa.scalar(FRAME_MASK, pa.int64()))
+    return pc.bit_wise_and(column.combine_chunks(), scalar(FRAME_MASK, pa.int64()))
 
 
 def _streams(column: pa.ChunkedArray, openers: np.ndarray) -> pa.Array:
     """Opener-marked streams -> the whole-file tcp.stream number (rank among the file's openers)."""
     values = column.combine_chunks()
-    raw = pc.fill_null(values, 0).to_numpy(zero_copy_only=False)
+    raw = to_numpy(pc.fill_null(values, scalar(0, pa.int64())))
     marked = (raw & OPENER_FLAG) != 0
     if not marked.any():
         return values
     key = raw & ~OPENER_FLAG
     first_of_member = (key >> MEMBER_SHIFT) << MEMBER_SHIFT
     rank = np.searchsorted(openers, key) - np.searchsorted(openers, first_of_member)
-    return pa.array(np.where(marked, rank, raw), pa.int64(), mask=values.is_null().to_numpy(zero_copy_only=False))
+    return from_numpy(np.where(marked, rank, raw), pa.int64(), mask=to_numpy(values.is_null()))
 
 
 def localize(conns: pa.Table, frames: pa.Table, names: list[str],
@@ -205,22 +207,22 @@ def localize(conns: pa.Table, frames: pa.Table, names: list[str],
     A connection belongs to the file of its first packet; a key frame to its own file.
     Returns each table with the member index of every row.
     """
-    name_array = np.asarray(names, dtype=object)
-    conn_member = conns.column("first_frame").to_numpy() >> MEMBER_SHIFT
-    frame_member = frames.column("frame_number").to_numpy() >> MEMBER_SHIFT
+    name_array = strings(names)
+    conn_member = to_numpy(conns.column("first_frame")) >> MEMBER_SHIFT
+    frame_member = to_numpy(frames.column("frame_number")) >> MEMBER_SHIFT
     columns = {c: conns.column(c) for c in conns.column_names}
     for name in FRAME_COLUMNS:
         columns[name] = _frame_numbers(conns.column(name))
     key_frames = conns.column("key_frames").combine_chunks()
     columns["key_frames"] = pa.ListArray.from_arrays(
-        key_frames.offsets, pc.bit_wise_and(key_frames.values, pa.scalar(FRAME_MASK, pa.int64())))
+        key_frames.offsets, pc.bit_wise_and(key_frames.values, scalar(FRAME_MASK, pa.int64())))
     columns["tcp_stream"] = _streams(conns.column("tcp_stream"), openers)
-    columns["file"] = pa.array(name_array[conn_member].tolist(), pa.string())
+    columns["file"] = name_array.take(from_numpy(conn_member))
     conns = pa.table([columns[f.name] for f in CONNECTIONS], schema=CONNECTIONS)
     fcols = {c: frames.column(c) for c in frames.column_names}
     fcols["frame_number"] = _frame_numbers(frames.column("frame_number"))
     fcols["tcp_stream"] = _streams(frames.column("tcp_stream"), openers)
-    fcols["file"] = pa.array(name_array[frame_member].tolist(), pa.string())
+    fcols["file"] = name_array.take(from_numpy(frame_member))
     frames = pa.table([fcols[f.name] for f in FRAMES], schema=FRAMES)
     return conns, conn_member, frames, frame_member
 
@@ -240,15 +242,15 @@ def finish(spec: FinishSpec) -> list[MemberRows]:
                 rows = np.flatnonzero(member == index)
                 if len(rows) == 0:
                     continue
-                part_rows = table.take(pa.array(rows))
+                part_rows = table.take(from_numpy(rows))
                 relative = dataset.part_path(kind, info.day or "unknown", info.name, None if single else bucket)
                 out[index].parts.append(dataset.write_part(root, relative, part_rows))
                 if kind == "connections":
                     out[index].connections += len(rows)
                 else:
                     out[index].key_frames += len(rows)
-            sets.setdefault(index, FilterSets()).add(conns.filter(pa.array(conn_member == index)),
-                                                     frames.filter(pa.array(frame_member == index)))
+            sets.setdefault(index, FilterSets()).add(conns.filter(from_numpy(conn_member == index)),
+                                                     frames.filter(from_numpy(frame_member == index)))
     for index, found in sets.items():
         if found.counts:
             text = filters.render_text(found.label_filters(names[index]))
@@ -270,23 +272,20 @@ class FilterSets:
         self.frames: dict[str, list[np.ndarray]] = {}
 
     def add(self, conns: pa.Table, frames: pa.Table) -> None:
-        stream = pc.fill_null(conns.column("tcp_stream"), -1).to_numpy()
+        stream = to_numpy(pc.fill_null(conns.column("tcp_stream"), scalar(-1, pa.int64())))
         flags = conns.column("flags").combine_chunks()
-        labels = [(conns.column("open").cast(pa.string()).to_numpy(zero_copy_only=False), stream),
-                  (conns.column("close").cast(pa.string()).to_numpy(zero_copy_only=False), stream),
-                  (pc.list_flatten(flags).to_numpy(zero_copy_only=False),
-                   stream[pc.list_parent_indices(flags).to_numpy()])]
-        for names, streams in labels:
-            for label in np.unique(names.astype(str)) if len(names) else []:
-                chosen = streams[names == label]
+        flag_stream = stream[to_numpy(pc.list_parent_indices(flags))]
+        for column, streams in ((conns.column("open"), stream), (conns.column("close"), stream),
+                                (pc.list_flatten(flags), flag_stream)):
+            for label, rows in _rows_per_label(column):
+                chosen = streams[rows]
                 self.counts[label] = self.counts.get(label, 0) + len(chosen)
                 self.streams.setdefault(label, []).append(chosen[chosen >= 0])
         key_labels = frames.column("labels").combine_chunks()
         if len(key_labels):
-            numbers = frames.column("frame_number").to_numpy()[pc.list_parent_indices(key_labels).to_numpy()]
-            flat = pc.list_flatten(key_labels).to_numpy(zero_copy_only=False).astype(str)
-            for label in np.unique(flat):
-                self.frames.setdefault(label, []).append(numbers[flat == label])
+            numbers = to_numpy(frames.column("frame_number"))[to_numpy(pc.list_parent_indices(key_labels))]
+            for label, rows in _rows_per_label(pc.list_flatten(key_labels)):
+                self.frames.setdefault(label, []).append(numbers[rows])
 
     def label_filters(self, file: str) -> list[filters.LabelFilter]:
         order = {label: i for i, label in enumerate(filters.LABELS)}
@@ -300,3 +299,18 @@ class FilterSets:
                                     filters.set_filters("frame.number", joined(self.frames.get(label))))
                 for label, count in sorted(self.counts.items(), key=lambda kv: order.get(kv[0], len(order)))]
 
+
+
+def _rows_per_label(column: pa.Array | pa.ChunkedArray) -> Iterator[tuple[str, np.ndarray]]:
+    """Each label of a text or dictionary column with the rows holding it (nulls: none),
+    from the column's integer codes: no Python object per row."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    offset = 0
+    for chunk in chunks:
+        encoded = chunk if pa.types.is_dictionary(chunk.type) else pc.dictionary_encode(chunk)
+        codes = to_numpy(pc.fill_null(encoded.indices, scalar(-1, encoded.indices.type)))
+        for code, label in enumerate(encoded.dictionary.to_pylist()):
+            rows = np.flatnonzero(codes == code)
+            if len(rows):
+                yield str(label), rows + offset
+        offset += len(chunk)

@@ -42,8 +42,12 @@ def release_memory() -> None:
 
     Workers live for many tasks. Without this, Arrow's allocator and the C heap keep
     what each task freed, and a worker's footprint creeps towards the sum of its tasks
-    instead of staying at the largest one."""
+    instead of staying at the largest one.
+
+    What survives the collection is live: it is frozen (left out of later collections),
+    so each task's collection walks only the objects made since, not every module's."""
     gc.collect()
+    gc.freeze()
     pa.default_memory_pool().release_unused()
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
