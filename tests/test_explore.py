@@ -247,6 +247,17 @@ def test_load_partition_filter_reads_one_capture(archive: dict[str, object]) -> 
     assert len(loaded.hosts) > 0  # no hosts/ in the dataset: computed from the connections
 
 
+def test_load_computes_missing_aggregates_as_analyze_does(tmp_path: Path) -> None:
+    """A dataset without endpoints/ and hosts/: they are computed from its connections,
+    equal to analyze's (a 4-tuple reused during TIME_WAIT ends it: client_port counts)."""
+    tables = analyze_tables([SAMPLE, REAL / "port_reuse_time_wait.pcap"])
+    for name in ("connections", "frames"):
+        ds.write_dataset(getattr(tables, name), tmp_path / name, format="parquet")
+    loaded = explore.load(tmp_path)
+    assert loaded.tables.endpoints.equals(tables.endpoints)
+    assert loaded.tables.hosts.equals(tables.hosts)
+
+
 def test_load_or_filters_and_expressions(archive: dict[str, object]) -> None:
     import pyarrow.compute as pc
 

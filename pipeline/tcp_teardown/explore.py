@@ -221,10 +221,8 @@ class Loaded(TableViews):
         frames = self._frames_of(conns)
         params, files = self._summary()
         stored = {kind: self.scan(kind) for kind in ("endpoints", "hosts") if self._datasets[kind] is not None}
-        if len(stored) < 2:  # computed once for both (without client_port: TIME_WAIT lasts 2·MSL)
-            computed = endpoint_tables.aggregate_tables(
-                conns.select(["client_ip", "server_ip", "server_port", "open", "close", "flags", "first_ts",
-                              "last_ts"]), params.msl)
+        if len(stored) < 2:  # computed once for both, from what analyze and batch use
+            computed = endpoint_tables.aggregate_tables(conns.select(endpoint_tables.COLUMNS), params.msl)
             stored = {"endpoints": computed[0], "hosts": computed[1]} | stored
         endpoints, hosts = stored["endpoints"], stored["hosts"]
         return Tables(connections=conns, frames=frames, endpoints=endpoints, hosts=hosts,
