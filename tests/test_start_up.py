@@ -13,9 +13,9 @@ import pytest
 
 from tests.conftest import SAMPLE
 
-# A fresh interpreter that notes every attempt to import pandas (pyarrow swallows an
-# ImportError there, so refusing the import would hide it) and then runs the CLI.
-SCRIPT = """
+# The start of a fresh interpreter that notes every attempt to import pandas (pyarrow
+# swallows an ImportError there, so refusing the import would hide it).
+WATCH = """
 import sys
 
 attempts = []
@@ -29,6 +29,10 @@ class Watch:
 
 
 sys.meta_path.insert(0, Watch())
+"""
+
+# ... that then runs the CLI.
+SCRIPT = WATCH + """
 from tcp_teardown import cli
 
 leave = cli._exit  # the CLI ends with os._exit: report just before it
@@ -75,22 +79,10 @@ def test_auto_looks_for_tshark_only_when_a_file_falls_back(tmp_path: Path) -> No
 
 # A batch run whose tasks (what pool workers execute) run in this interpreter, each as it
 # is submitted: the driver and every kind of task in one process that notes imports.
-BATCH_SCRIPT = """
-import sys
+BATCH_SCRIPT = WATCH + """
 from concurrent.futures import Future
 from pathlib import Path
 
-attempts = []
-
-
-class Watch:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "pandas":
-            attempts.append(name)
-        return None
-
-
-sys.meta_path.insert(0, Watch())
 from tcp_teardown.batch.runner import Options, run_batch
 
 
