@@ -39,6 +39,15 @@ def test_digest_of_every_byte(several_chunks: Path, monkeypatch: pytest.MonkeyPa
     assert file_digest(several_chunks) == _expected(several_chunks)
 
 
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097])
+def test_digest_around_the_buffer_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """The buffer is sized to the file (at most CHUNK_BYTES): empty, smaller, equal, larger."""
+    monkeypatch.setattr(digest, "CHUNK_BYTES", 4096)
+    path = tmp_path / "data.bin"
+    path.write_bytes(bytes(i % 251 for i in range(size)))
+    assert file_digest(path) == _expected(path)
+
+
 @pytest.mark.parametrize("cpus", [1, 2])
 def test_unreadable_input_is_an_input_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpus: int) -> None:
     monkeypatch.setattr(digest, "usable_cpus", lambda: cpus)

@@ -25,10 +25,12 @@ def file_digest(path: Path, stop: threading.Event | None = None) -> tuple[int, s
     `stop` set: give up early (the result is then meaningless)."""
     digest = hashlib.sha256()
     size = 0
-    buffer = bytearray(CHUNK_BYTES)
-    view = memoryview(buffer)
     try:
         with path.open("rb", buffering=0) as fh:
+            # No bigger than the file (+1 to see its end in one read): a new buffer is
+            # zeroed page by page, which for a small capture would cost more than hashing it.
+            buffer = bytearray(min(CHUNK_BYTES, os.fstat(fh.fileno()).st_size + 1))
+            view = memoryview(buffer)
             while (count := fh.readinto(buffer)) and not (stop is not None and stop.is_set()):
                 digest.update(view[:count])
                 size += count

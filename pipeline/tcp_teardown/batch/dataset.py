@@ -19,6 +19,7 @@ names (its run died before the manifest was updated) is deleted by the next run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -37,7 +39,7 @@ import pyarrow.parquet as pq
 from tcp_teardown.arrays import strings
 from tcp_teardown.batch.manifest import Manifest, Part, Record, Status
 from tcp_teardown.errors import ExitCode, TeardownError
-from tcp_teardown.output import write_table
+from tcp_teardown.output import parquet_options
 from tcp_teardown.schema import CONNECTIONS, ENDPOINTS, FRAMES, HOSTS
 from tcp_teardown.vocab import CLOSE_VALUES, OPEN_VALUES, TIME_WAIT_VALUES
 
@@ -111,22 +113,65 @@ def _vocabulary_array(vocabulary: tuple[str, ...]) -> pa.StringArray:
 
 def write_part(root: Path, relative: str, table: pa.Table) -> Part:
     """Write one part atomically (temp name, fsync, rename)."""
-    table = conform_labels(table)
-    target = root / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    writer = PartWriter(root, relative)
     try:
-        write_table(table, tmp)
-        _durable_replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise TeardownError(f"{target}: cannot write: {exc.strerror or exc}", ExitCode.OUTPUT_UNWRITABLE) from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return Part(relative, table.num_rows, target.stat().st_size)
+        writer.write(table)
+        return writer.commit()
+    finally:
+        writer.abandon()
+
+
+class PartWriter:
+    """One part, written a row group at a time (a stitched capture's rows come bucket by
+    bucket) under a temp name; `commit` syncs it and renames it into place, `abandon`
+    (after a failure) removes the temp file. Label columns are conformed (conform_labels)."""
+
+    def __init__(self, root: Path, relative: str) -> None:
+        self.relative = relative
+        self.target = root / relative
+        self.rows = 0
+        self._tmp: Path | None = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table) -> None:
+        table = conform_labels(table)
+        with self._errors():
+            if self._writer is None:
+                self.target.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp_name = tempfile.mkstemp(dir=self.target.parent, prefix=f".{self.target.name}.",
+                                                suffix=".tmp")
+                os.close(fd)
+                self._tmp = Path(tmp_name)
+                self._writer = pq.ParquetWriter(self._tmp, table.schema, **parquet_options(table.schema))
+            self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def commit(self) -> Part:
+        assert self._writer is not None and self._tmp is not None, "nothing written"
+        with self._errors():
+            self._writer.close()
+            self._writer = None
+            _durable_replace(self._tmp, self.target)
+            self._tmp = None
+            return Part(self.relative, self.rows, self.target.stat().st_size)
+
+    def abandon(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(OSError):
+                self._writer.close()
+            self._writer = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            self.abandon()
+            raise TeardownError(f"{self.target}: cannot write: {exc.strerror or exc}",
+                                ExitCode.OUTPUT_UNWRITABLE) from exc
 
 
 def write_text_part(root: Path, relative: str, text: str) -> Part:

@@ -44,6 +44,9 @@ from tcp_teardown.schema import CONNECTIONS, FRAMES, PACKETS
 # its conversation until `finish` ranks the openers (real stream numbers stay far below).
 OPENER_FLAG = 1 << 62
 SEQ_MASK = 0xFFFFFFFF
+# A rotation set's captures each keep a part open per kind while its buckets are written;
+# past this many open files, parts are written bucket by bucket instead.
+MAX_OPEN_PARTS = 256
 FRAME_COLUMNS = ("syn_frame", "first_fin_frame", "second_fin_frame", "rst_frame", "final_ack_frame",
                  "first_frame", "last_frame")
 
@@ -228,29 +231,43 @@ def localize(conns: pa.Table, frames: pa.Table, names: list[str],
 
 
 def finish(spec: FinishSpec) -> list[MemberRows]:
-    """Write the parts of every capture of a unit, bucket by bucket, and its filters."""
+    """Write the parts of every capture of a unit, bucket by bucket, and its filters.
+
+    A capture gets one part per kind with a row group per bucket (parts cost more than
+    rows: a set of 100 files in 5 buckets would otherwise write 1,000 of them); a set of
+    more captures than MAX_OPEN_PARTS allows open files for writes a part per bucket."""
     root = Path(spec.root)
     names = [m.name for m in spec.members]
     out = [MemberRows(m.name, parts=[]) for m in spec.members]
     sets: dict[int, FilterSets] = {}
-    single = len(spec.buckets) == 1
-    for bucket, (conns_path, frames_path) in enumerate(spec.buckets):
-        conns, conn_member, frames, frame_member = localize(
-            _read_ipc(conns_path), _read_ipc(frames_path), names, spec.openers)
-        for index, info in enumerate(spec.members):
-            for kind, table, member in (("connections", conns, conn_member), ("frames", frames, frame_member)):
-                rows = np.flatnonzero(member == index)
-                if len(rows) == 0:
-                    continue
-                part_rows = table if len(rows) == table.num_rows else table.take(from_numpy(rows))
-                relative = dataset.part_path(kind, info.day or "unknown", info.name, None if single else bucket)
-                out[index].parts.append(dataset.write_part(root, relative, part_rows))
-                if kind == "connections":
-                    out[index].connections += len(rows)
-                else:
-                    out[index].key_frames += len(rows)
-            sets.setdefault(index, FilterSets()).add(_rows_of(conns, conn_member == index),
-                                                     _rows_of(frames, frame_member == index))
+    whole = len(spec.buckets) == 1 or 2 * len(spec.members) <= MAX_OPEN_PARTS
+    writers: dict[tuple[int, str], dataset.PartWriter] = {}
+    try:
+        for bucket, (conns_path, frames_path) in enumerate(spec.buckets):
+            conns, conn_member, frames, frame_member = localize(
+                _read_ipc(conns_path), _read_ipc(frames_path), names, spec.openers)
+            rows = {"connections": _per_member(conns, conn_member), "frames": _per_member(frames, frame_member)}
+            for index, info in enumerate(spec.members):
+                for kind, mine in ((kind, rows[kind].get(index)) for kind in rows):
+                    if mine is None:
+                        continue
+                    relative = dataset.part_path(kind, info.day or "unknown", info.name, None if whole else bucket)
+                    if whole:
+                        writers.setdefault((index, kind), dataset.PartWriter(root, relative)).write(mine)
+                    else:
+                        out[index].parts.append(dataset.write_part(root, relative, mine))
+                    if kind == "connections":
+                        out[index].connections += mine.num_rows
+                    else:
+                        out[index].key_frames += mine.num_rows
+                if index in rows["connections"] or index in rows["frames"]:
+                    sets.setdefault(index, FilterSets()).add(rows["connections"].get(index, conns.slice(0, 0)),
+                                                             rows["frames"].get(index, frames.slice(0, 0)))
+        for (index, _), writer in writers.items():
+            out[index].parts.append(writer.commit())
+    finally:
+        for writer in writers.values():
+            writer.abandon()  # (nothing left to remove once committed)
     for index, found in sets.items():
         if found.counts:
             text = filters.render_text(found.label_filters(names[index]))
@@ -258,9 +275,19 @@ def finish(spec: FinishSpec) -> list[MemberRows]:
     return out
 
 
-def _rows_of(table: pa.Table, selected: np.ndarray) -> pa.Table:
-    """The selected rows (the table itself when all are: a lone capture's)."""
-    return table if selected.all() else table.filter(from_numpy(selected))
+def _per_member(table: pa.Table, member: np.ndarray) -> dict[int, pa.Table]:
+    """The rows of each member present (row order kept): one sort and slices, not a
+    selection per member; the table itself when it is all one member's."""
+    if len(member) == 0:
+        return {}
+    if (member == member[0]).all():
+        return {int(member[0]): table}
+    counts = np.bincount(member)
+    # On 16-bit keys NumPy's stable sort is a radix sort.
+    order = np.argsort(member.astype(np.uint16) if len(counts) <= 1 << 16 else member, kind="stable")
+    ordered = table.take(from_numpy(order))
+    starts = np.cumsum(counts) - counts
+    return {int(i): ordered.slice(int(starts[i]), int(counts[i])) for i in np.flatnonzero(counts)}
 
 
 class FilterSets:
