@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tcp_teardown.api import analyze_file
-from tcp_teardown.batch import Options, run_batch
+from tcp_teardown.batch import Options, dataset, run_batch
 from tcp_teardown.batch.discover import Capture, discover, group_units, rotation_key
 from tcp_teardown.batch.manifest import MANIFEST_SCHEMA, Manifest, Part, Record
 from tcp_teardown.batch.progress import Progress
@@ -479,6 +479,23 @@ def test_manifest_ignores_a_torn_last_line(tmp_path: Path) -> None:
     assert reread.get("a/x.pcap") == record and reread.get("a/y.pcap") is None and reread.torn_lines == 1
     reread.append([Record(file="a/y.pcap", path="/a/y.pcap", size=1, mtime_ns=2, sha256="01", status="failed")])
     assert Manifest(tmp_path).get("a/y.pcap").status == "failed"  # not glued to the torn line
+
+
+def test_part_writer_commits_row_groups_or_leaves_nothing(tmp_path: Path) -> None:
+    conns = analyze_file(SAMPLE, Params(), "native")[0]
+    relative = "connections/day=2024-01-01/part-x.parquet"
+    writer = dataset.PartWriter(tmp_path, relative)
+    writer.write(conns.slice(0, 5))
+    writer.write(conns.slice(5))
+    assert not (tmp_path / relative).exists()  # only the temp file until committed
+    part = writer.commit()
+    assert (part.path, part.rows) == (relative, conns.num_rows)
+    written = pq.ParquetFile(tmp_path / relative)
+    assert written.metadata.num_row_groups == 2 and written.read().equals(dataset.conform_labels(conns))
+    abandoned = dataset.PartWriter(tmp_path, "connections/day=2024-01-01/part-y.parquet")
+    abandoned.write(conns)
+    abandoned.abandon()
+    assert sorted(p.name for p in (tmp_path / relative).parent.iterdir()) == ["part-x.parquet"]
 
 
 def test_manifest_table_holds_every_record_field(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tcp_teardown import filters
@@ -75,6 +76,22 @@ def test_tiny_pieces_equal_the_whole_file(capture: Path, tmp_path: Path) -> None
     assert_same_rows(conns, whole.connections, "connections")
     assert_same_rows(frames, whole.frames, "frames")
     assert_same_filters(tmp_path / "ds", "x", whole.connections, whole.frames)
+
+
+@needs_tshark
+@pytest.mark.parametrize("open_parts", [stitch.MAX_OPEN_PARTS, 1], ids=["part per capture", "part per bucket"])
+def test_parts_per_capture_or_per_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, open_parts: int) -> None:
+    """A capture's rows go to one part per kind, a row group per bucket; past MAX_OPEN_PARTS
+    open files, to a part per bucket. Either way the rows are those of the whole file."""
+    monkeypatch.setattr(stitch, "MAX_OPEN_PARTS", open_parts)
+    packets = read_packet_table(SAMPLE, "tshark", find_tshark())
+    whole = analyze_packets(packets, "x", Params())
+    conns, frames = chunked_in_process(packets, "x", tmp_path, piece_rows=5, buckets=3)
+    assert_same_rows(conns, whole.connections, "connections")
+    assert_same_rows(frames, whole.frames, "frames")
+    parts = sorted((tmp_path / "ds" / "connections").rglob("*.parquet"))
+    groups = [pq.ParquetFile(p).metadata.num_row_groups for p in parts]
+    assert groups == ([3] if open_parts > 1 else [1, 1, 1]), (parts, groups)
 
 
 @needs_tshark
