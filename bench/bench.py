@@ -8,7 +8,9 @@ Everything runs in one go on the same capture, each tool as its own process pinn
 core (`taskset`; `batch` runs its driver and its one worker there), and the table prints
 packets/s, peak RSS and the ratios against bare `tshark -T ek` (the same fields our
 tshark engine asks for) and against tcptrace, so the figures hold even when the
-machine's speed drifts between runs.
+machine's speed drifts between runs. The fast commands (our native engine, batch,
+tcptrace) run in turn, round after round, and the last line gives the native engine's
+speed over tcptrace's round by round (the median, and the range): the steadiest figure.
 
 Without --capture, the workload is real kernel traffic: short HTTP-like connections
 between two network namespaces, captured with tcpdump (needs root, ip, tcpdump); it is
@@ -23,6 +25,7 @@ import compileall
 import os
 import shutil
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -90,9 +93,28 @@ def real_workload(path: Path, packets: int) -> Path:
 def measure(name: str, argv: list[str], packets: int, cores: str, repeat: int = 1) -> dict:
     """Best wall time (of `repeat` runs) and peak RSS of one command and its children,
     pinned to `cores`. The best run is the one least disturbed by the rest of the machine."""
-    runs = [_run(name, argv, packets, cores) for _ in range(max(repeat, 1))]
+    return _best([_run(name, argv, packets, cores) for _ in range(max(repeat, 1))])
+
+
+def measure_in_turn(commands: list[tuple[str, list[str], int]], cores: str, repeat: int) -> list[dict]:
+    """`measure` for several commands run in turn (A B C A B C ...): a drift of the
+    machine's speed touches each alike. Each result keeps its runs' wall times by round."""
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in commands}
+    for _ in range(max(repeat, 1)):
+        for name, argv, packets in commands:
+            runs[name].append(_run(name, argv, packets, cores))
+    return [_best(r) | {"walls": [run["wall"] for run in r]} for r in runs.values()]
+
+
+def _best(runs: list[dict]) -> dict:
     best = min(runs, key=lambda r: r["wall"])
     return best | {"rss_mib": max(r["rss_mib"] for r in runs), "runs": len(runs)}
+
+
+def paired_ratio(ours: dict, theirs: dict) -> tuple[float, float, float]:
+    """Median, min and max over rounds of their wall time over ours (how many times as fast)."""
+    ratios = sorted(t / o for o, t in zip(ours["walls"], theirs["walls"], strict=True))
+    return statistics.median(ratios), ratios[0], ratios[-1]
 
 
 def _run(name: str, argv: list[str], packets: int, cores: str) -> dict:
@@ -149,22 +171,26 @@ def main() -> int:
     compileall.compile_dir(Path(tcp_teardown.__file__).parent, quiet=1)
 
     out = args.workdir / "out"
-    rows = [
-        measure("tcp-teardown (native engine)", [cli, "analyze", str(capture), "--out", str(out / "n"),
-                                                  "--engine", "native"], total, args.cores, args.repeat),
+    fast = [
+        ("tcp-teardown (native engine)", [cli, "analyze", str(capture), "--out", str(out / "n"), "--engine", "native"],
+         total),
         # The archive path: one worker process, the capture read in pieces of 500k packets
         # that are bucketed by 4-tuple, analyzed and stitched (--force: redone every run).
-        measure("tcp-teardown batch (1 worker)", [cli, "batch", str(capture), "--out", str(out / "b"), "-j", "1",
-                                                  "--engine", "native", "--force", "-q"], total, args.cores,
-                args.repeat),
+        ("tcp-teardown batch (1 worker)", [cli, "batch", str(capture), "--out", str(out / "b"), "-j", "1",
+                                           "--engine", "native", "--force", "-q"], total),
+    ]
+    if shutil.which("tcptrace"):
+        fast.append(("tcptrace -n", ["tcptrace", "-n", str(capture)], total))
+    else:
+        print("tcptrace not installed (apt-get install tcptrace): row skipped", file=sys.stderr)
+    timed = measure_in_turn(fast, args.cores, args.repeat)
+    rows = [
+        *timed[:2],
         measure("tcp-teardown (tshark engine)", [cli, "analyze", str(sample), "--out", str(out / "t"),
                                                   "--engine", "tshark"], sample_packets, args.cores),
         measure("bare tshark -T ek", ek_command(find_tshark(), str(sample)), sample_packets, args.cores),
+        *timed[2:],
     ]
-    if shutil.which("tcptrace"):
-        rows.append(measure("tcptrace -n", ["tcptrace", "-n", str(capture)], total, args.cores, args.repeat))
-    else:
-        print("tcptrace not installed (apt-get install tcptrace): row skipped", file=sys.stderr)
     nfstream_python = args.nfstream_python or sys.executable
     probe = subprocess.run([nfstream_python, "-c", "import nfstream"], capture_output=True, check=False)
     if probe.returncode == 0:
@@ -180,6 +206,10 @@ def main() -> int:
     for r in rows:
         vs_trace = f"{r['rate'] / trace['rate']:.2f}" if trace else "-"
         print(f"{r['name']:32} {r['rate']:12,.0f} {r['rss_mib']:13.0f} {r['rate'] / base['rate']:14.1f} {vs_trace:>11}")
+    if trace:
+        median, low, high = paired_ratio(rows[0], trace)
+        print(f"native engine vs tcptrace, run in turn: {median:.2f}x as fast (median of {len(trace['walls'])} "
+              f"rounds; {low:.2f}-{high:.2f})")
     return 0
 
 
