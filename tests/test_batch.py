@@ -485,7 +485,9 @@ def test_part_writer_commits_row_groups_or_leaves_nothing(tmp_path: Path) -> Non
     conns = analyze_file(SAMPLE, Params(), "native")[0]
     relative = "connections/day=2024-01-01/part-x.parquet"
     writer = dataset.PartWriter(tmp_path, relative)
-    writer.write(conns.slice(0, 5))
+    writer.write(conns.slice(0, 2))
+    writer.write(conns.slice(2, 3))
+    writer.flush()  # the rows held so far: one row group
     writer.write(conns.slice(5))
     assert not (tmp_path / relative).exists()  # only the temp file until committed
     part = writer.commit()

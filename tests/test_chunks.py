@@ -79,11 +79,18 @@ def test_tiny_pieces_equal_the_whole_file(capture: Path, tmp_path: Path) -> None
 
 
 @needs_tshark
-@pytest.mark.parametrize("open_parts", [stitch.MAX_OPEN_PARTS, 1], ids=["part per capture", "part per bucket"])
-def test_parts_per_capture_or_per_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, open_parts: int) -> None:
-    """A capture's rows go to one part per kind, a row group per bucket; past MAX_OPEN_PARTS
-    open files, to a part per bucket. Either way the rows are those of the whole file."""
+@pytest.mark.parametrize(("open_parts", "held_rows", "row_groups"), [
+    (stitch.MAX_OPEN_PARTS, stitch.FINISH_HELD_ROWS, [1]),  # one part, its rows written at the end
+    (stitch.MAX_OPEN_PARTS, 0, [3]),  # rows written after every bucket: a row group each
+    (1, stitch.FINISH_HELD_ROWS, [1, 1, 1]),  # too many captures to keep parts open: a part per bucket
+], ids=["part per capture", "row group per bucket", "part per bucket"])
+def test_parts_per_capture_or_per_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, open_parts: int,
+                                         held_rows: int, row_groups: list[int]) -> None:
+    """A capture's rows go to one part per kind, written as they add up (past
+    FINISH_HELD_ROWS held, after a bucket); past MAX_OPEN_PARTS open files, to a part per
+    bucket. Either way the rows are those of the whole file."""
     monkeypatch.setattr(stitch, "MAX_OPEN_PARTS", open_parts)
+    monkeypatch.setattr(stitch, "FINISH_HELD_ROWS", held_rows)
     packets = read_packet_table(SAMPLE, "tshark", find_tshark())
     whole = analyze_packets(packets, "x", Params())
     conns, frames = chunked_in_process(packets, "x", tmp_path, piece_rows=5, buckets=3)
@@ -91,7 +98,7 @@ def test_parts_per_capture_or_per_bucket(tmp_path: Path, monkeypatch: pytest.Mon
     assert_same_rows(frames, whole.frames, "frames")
     parts = sorted((tmp_path / "ds" / "connections").rglob("*.parquet"))
     groups = [pq.ParquetFile(p).metadata.num_row_groups for p in parts]
-    assert groups == ([3] if open_parts > 1 else [1, 1, 1]), (parts, groups)
+    assert groups == row_groups, (parts, groups)
 
 
 @needs_tshark

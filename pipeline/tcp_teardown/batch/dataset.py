@@ -54,6 +54,8 @@ INPUTS_KEY = b"tcp_teardown.inputs"  # what an aggregate table was computed from
 # Label columns are written with the whole vocabulary as their dictionary: every part
 # then has the same categories (a part with no TIME_WAIT at all would otherwise carry
 # an empty dictionary, which Dask cannot concatenate with the others).
+# Rows a part holds before writing them as one row group (see PartWriter).
+ROW_GROUP_ROWS = 1 << 18
 VOCABULARIES = {"open": OPEN_VALUES, "close": CLOSE_VALUES, "time_wait_side": TIME_WAIT_VALUES}
 
 
@@ -124,17 +126,31 @@ def write_part(root: Path, relative: str, table: pa.Table) -> Part:
 class PartWriter:
     """One part, written a row group at a time (a stitched capture's rows come bucket by
     bucket) under a temp name; `commit` syncs it and renames it into place, `abandon`
-    (after a failure) removes the temp file. Label columns are conformed (conform_labels)."""
+    (after a failure) removes the temp file. Label columns are conformed (conform_labels).
+
+    Rows are held until `flush` (or ROW_GROUP_ROWS of them): a row group costs about a
+    millisecond whatever its size, and a reader prefers few large ones to many small."""
 
     def __init__(self, root: Path, relative: str) -> None:
         self.relative = relative
         self.target = root / relative
         self.rows = 0
+        self.pending_rows = 0
+        self._pending: list[pa.Table] = []
         self._tmp: Path | None = None
         self._writer: pq.ParquetWriter | None = None
 
     def write(self, table: pa.Table) -> None:
-        table = conform_labels(table)
+        self._pending.append(conform_labels(table))
+        self.pending_rows += table.num_rows
+        if self.pending_rows >= ROW_GROUP_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the rows held as one row group."""
+        if not self._pending:
+            return
+        table = self._pending[0] if len(self._pending) == 1 else pa.concat_tables(self._pending)
         with self._errors():
             if self._writer is None:
                 self.target.parent.mkdir(parents=True, exist_ok=True)
@@ -143,10 +159,12 @@ class PartWriter:
                 os.close(fd)
                 self._tmp = Path(tmp_name)
                 self._writer = pq.ParquetWriter(self._tmp, table.schema, **parquet_options(table.schema))
-            self._writer.write_table(table)
+            self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
         self.rows += table.num_rows
+        self._pending, self.pending_rows = [], 0
 
     def commit(self) -> Part:
+        self.flush()
         assert self._writer is not None and self._tmp is not None, "nothing written"
         with self._errors():
             self._writer.close()
@@ -156,6 +174,7 @@ class PartWriter:
             return Part(self.relative, self.rows, self.target.stat().st_size)
 
     def abandon(self) -> None:
+        self._pending, self.pending_rows = [], 0
         if self._writer is not None:
             with contextlib.suppress(OSError):
                 self._writer.close()

@@ -47,6 +47,9 @@ SEQ_MASK = 0xFFFFFFFF
 # A rotation set's captures each keep a part open per kind while its buckets are written;
 # past this many open files, parts are written bucket by bucket instead.
 MAX_OPEN_PARTS = 256
+# Rows the open parts may hold between buckets before they are written (about one
+# bucket's rows: held rows keep their bucket's table in memory).
+FINISH_HELD_ROWS = 500_000
 FRAME_COLUMNS = ("syn_frame", "first_fin_frame", "second_fin_frame", "rst_frame", "final_ack_frame",
                  "first_frame", "last_frame")
 
@@ -233,9 +236,10 @@ def localize(conns: pa.Table, frames: pa.Table, names: list[str],
 def finish(spec: FinishSpec) -> list[MemberRows]:
     """Write the parts of every capture of a unit, bucket by bucket, and its filters.
 
-    A capture gets one part per kind with a row group per bucket (parts cost more than
-    rows: a set of 100 files in 5 buckets would otherwise write 1,000 of them); a set of
-    more captures than MAX_OPEN_PARTS allows open files for writes a part per bucket."""
+    A capture gets one part per kind, its rows written as they add up across buckets
+    (parts and row groups cost more than rows: a set of 100 files in 5 buckets would
+    otherwise write 1,000 parts); a set of more captures than MAX_OPEN_PARTS allows open
+    files for writes a part per bucket."""
     root = Path(spec.root)
     names = [m.name for m in spec.members]
     out = [MemberRows(m.name, parts=[]) for m in spec.members]
@@ -263,6 +267,9 @@ def finish(spec: FinishSpec) -> list[MemberRows]:
                 if index in rows["connections"] or index in rows["frames"]:
                     sets.setdefault(index, FilterSets()).add(rows["connections"].get(index, conns.slice(0, 0)),
                                                              rows["frames"].get(index, frames.slice(0, 0)))
+            if sum(writer.pending_rows for writer in writers.values()) > FINISH_HELD_ROWS:
+                for writer in writers.values():
+                    writer.flush()
         for (index, _), writer in writers.items():
             out[index].parts.append(writer.commit())
     finally:
