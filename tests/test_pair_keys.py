@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tcp_teardown.connections import _by_pair, _numbered_pair_key
+from tcp_teardown.connections import _numbered_pair_key, _pair_key, _pair_numbers, _pair_order
 
 ENDPOINT = st.integers(0, 2**40)  # address number * 65536 + port: wider than 31 bits
 
@@ -25,7 +25,8 @@ def test_numbered_key_is_one_integer_per_pair(pairs: list[tuple[int, int]]) -> N
 def test_packets_grouped_by_pair_in_capture_order(pairs: list[tuple[int, int]]) -> None:
     lo = np.array([min(a, b) for a, b in pairs], dtype=np.int64)
     hi = np.array([max(a, b) for a, b in pairs], dtype=np.int64)
-    order, pair = _by_pair(lo, hi)
+    order, key = _pair_order(_pair_key(lo.copy(), hi))  # as split_connections orders packets
+    pair = _pair_numbers(key)
     grouped = [(int(lo[i]), int(hi[i])) for i in order]
     runs = [grouped[k] for k in range(len(grouped)) if k == 0 or grouped[k] != grouped[k - 1]]
     assert len(runs) == len(set(runs))  # each pair's packets are one run

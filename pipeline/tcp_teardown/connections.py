@@ -38,7 +38,7 @@ SERVICE_PORTS = frozenset({
     8000, 8008, 8080, 8081, 8088, 8443, 8888, 9000, 9090, 9200, 9443, 10080,  # web, proxies, APIs
 })
 
-# Packets first_between tests at the start of every window before walking the windows.
+# Packets first_probed tests at the start of every window before searching the windows.
 PROBES = 2
 
 # How server-like a port is, by class: higher wins when the two sides differ.
@@ -75,10 +75,6 @@ class Segments:
         """Packets per connection (never 0: a connection is made of its packets)."""
         return self.ends - self.starts
 
-    def first_where(self, mask: np.ndarray) -> np.ndarray:
-        """Per connection, the index of the first packet where `mask` holds, else -1."""
-        return self.first_among(np.flatnonzero(mask))
-
     def first_among(self, hits: np.ndarray) -> np.ndarray:
         """Per connection, the first of these (ascending) packet indices, else -1."""
         if len(hits) > 2 * self.count:  # many hits: a binary search per connection is cheaper
@@ -90,27 +86,14 @@ class Segments:
         (clipped to c) where `mask` holds, else -1."""
         lower = np.clip(after + 1, self.starts, self.ends)
         upper = np.clip(before, lower, self.ends)
-        out = np.full(self.count, -1, dtype=np.int64)
         if len(mask) == 0:
-            return out
-        # What is looked for mostly sits at the window's start (the ACK right after the
-        # SYN-ACK, the SYN-ACK after the SYN): test the first packets of every window, then
-        # walk the rest of the windows only where those did not hold.
-        pending = np.flatnonzero(lower < upper)
-        at, upper = lower[pending], upper[pending]
-        for _ in range(PROBES):
-            holds = mask[at]
-            out[pending[holds]] = at[holds]
-            at = at + 1
-            unresolved = ~holds & (at < upper)
-            pending, at, upper = pending[unresolved], at[unresolved], upper[unresolved]
-        packets = spans(at, upper)
-        out[pending] = self.first_among(packets[mask[packets]])[pending]
-        return out
+            return np.full(self.count, -1, dtype=np.int64)
 
-    def last_where(self, mask: np.ndarray) -> np.ndarray:
-        """Per connection, the index of the last packet where `mask` holds, else -1."""
-        return self.last_among(np.flatnonzero(mask))
+        def in_the_rest(pending: np.ndarray, at: np.ndarray, end: np.ndarray) -> np.ndarray:
+            packets = spans(at, end)
+            return self.first_among(packets[mask[packets]])[pending]
+
+        return first_probed(lower, upper, lambda at: mask[at], in_the_rest)
 
     def last_among(self, hits: np.ndarray) -> np.ndarray:
         """Per connection, the last of these (ascending) packet indices, else -1."""
@@ -336,17 +319,29 @@ def _endpoints(ip: np.ndarray, port: np.ndarray) -> np.ndarray:
 def _first_opening(hits: np.ndarray, holds: Callable[[np.ndarray], np.ndarray],
                    starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """first_in_runs(hits, starts, ends), where `holds` tells whether the packets at given
-    positions are hits. A connection's SYN or SYN-ACK is mostly its first or second packet:
-    those are looked at first, and only the other connections search the hits."""
-    out = np.full(len(starts), -1, dtype=np.int64)
-    pending, at = np.arange(len(starts)), starts
-    for _ in range(2):
-        inside = at < ends[pending]
-        found = inside & holds(np.where(inside, at, 0))
-        out[pending[found]] = at[found]
-        unresolved = inside & ~found
-        pending, at = pending[unresolved], at[unresolved] + 1
-    out[pending] = first_in_runs(hits, at, ends[pending])
+    positions are hits (a connection's SYN or SYN-ACK is mostly its first or second packet)."""
+    return first_probed(starts, ends, holds, lambda _, at, end: first_in_runs(hits, at, end))
+
+
+def first_probed(lower: np.ndarray, upper: np.ndarray, holds: Callable[[np.ndarray], np.ndarray],
+                 in_the_rest: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Per window lower[i]..upper[i]-1, the first position where `holds` (given positions,
+    whether each is a hit), else -1.
+
+    What is looked for mostly sits at a window's start (the SYN-ACK after the SYN, the ACK
+    right after the SYN-ACK): the first PROBES positions of every window are tested
+    directly, and only the windows still open are searched, by
+    `in_the_rest(windows, from, to)`, which gives their first hit in from..to-1 or -1."""
+    out = np.full(len(lower), -1, dtype=np.int64)
+    pending = np.flatnonzero(lower < upper)
+    at, end = lower[pending], upper[pending]
+    for _ in range(PROBES):
+        hit = holds(at)
+        out[pending[hit]] = at[hit]
+        at = at + 1
+        unresolved = ~hit & (at < end)
+        pending, at, end = pending[unresolved], at[unresolved], end[unresolved]
+    out[pending] = in_the_rest(pending, at, end)
     return out
 
 
@@ -395,13 +390,6 @@ def _remapped(indices: np.ndarray, remap: np.ndarray) -> np.ndarray:
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts or [np.zeros(0, np.int64)])
-
-
-def _by_pair(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The packet order by (endpoint pair, capture order), and the pair code of each packet
-    in that order (codes ascending from 0)."""
-    order, key = _pair_order(_pair_key(lo.copy(), hi))
-    return order, _pair_numbers(key)
 
 
 def _pair_key(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
