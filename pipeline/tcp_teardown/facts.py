@@ -267,12 +267,11 @@ def _infer_unseen_fin(seg: Segments, f: Facts, acking: np.ndarray) -> None:
     if len(idx) == 0:
         return
     conn, ack = seg.conn[idx], seg.ack[idx]
-    is_last = np.r_[conn[1:] != conn[:-1], True]
-    final_value = np.full(seg.count, -1, dtype=np.int64)
-    final_value[conn[is_last]] = ack[is_last]
-    hits = np.flatnonzero(ack == final_value[conn])
-    groups, first = np.unique(conn[hits], return_index=True)
-    pos = hits[first]  # where (in idx) each connection's ACK first reaches its final value
+    final_value = last_per_group(conn, ack, seg.count)
+    hits = np.flatnonzero(ack == final_value[conn])  # every connection here has some
+    hit_conn = conn[hits]
+    first = np.r_[True, hit_conn[1:] != hit_conn[:-1]]
+    groups, pos = hit_conn[first], hits[first]  # where (in idx) each ACK first reaches its final value
     prev = np.maximum(pos - 1, 0)
     moved_by_one = (pos > 0) & (conn[prev] == groups) & (tf.seq_diff(ack[pos], ack[prev]) == 1)
     groups, revealing = groups[moved_by_one], idx[pos[moved_by_one]]
@@ -320,7 +319,6 @@ def _packets(seg: Segments, rows: np.ndarray) -> Grouped:
 
 def _gaps(seg: Segments, rows: np.ndarray) -> Grouped:
     """Per connection, the time between consecutive packets among these (ascending) indices."""
-    conn, ts = seg.conn[rows], seg.ts[rows]
-    same = np.r_[False, conn[1:] == conn[:-1]] if len(conn) else np.zeros(0, bool)
+    ts = seg.ts[rows]
     gaps = np.r_[0.0, np.diff(ts)] if len(ts) else np.zeros(0)
-    return Grouped(conn[same], np.round(gaps[same], 6))
+    return Grouped(seg.conn[rows], np.round(gaps, 6)).without_first()
