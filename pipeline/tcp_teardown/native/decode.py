@@ -221,11 +221,11 @@ def _plain_link(frames: Frames, which: np.ndarray | None, size: int, ethertype_a
 
 # What `_plain_fields` writes for each frame: whether it is a plain TCP segment, and the
 # Segments columns (in their types).
-PLAIN_COLUMNS = {
-    "ok": bool, "row": bool, "analyzed": bool, "src_lo": np.uint64, "dst_lo": np.uint64,
-    "sport": np.int32, "dport": np.int32, "flags": np.int16, "seq": np.int64, "ack": np.int64,
-    "payload": np.int32, "window": np.int32, "ttl": np.int16, "ip_id": np.int32, "ts": np.float64,
-}  # fmt: skip
+PLAIN_COLUMNS = {"ok": bool} | {
+    name: SEGMENT_TYPES[name]
+    for name in ("row", "analyzed", "src_lo", "dst_lo", "sport", "dport", "flags", "seq", "ack", "payload",
+                 "window", "ttl", "ip_id", "ts")
+}
 
 
 def _plain_fields(head: np.ndarray, caplen: np.ndarray, wirelen: np.ndarray, size: int,

@@ -11,7 +11,7 @@ import pyarrow as pa
 from tcp_teardown.arrays import from_numpy
 from tcp_teardown.native import pcap, pcapng
 from tcp_teardown.native.addresses import ip_text
-from tcp_teardown.native.decode import Room, decode, in_room
+from tcp_teardown.native.decode import SEGMENT_TYPES, Room, decode, in_room
 from tcp_teardown.native.errors import NativeUnsupported, TruncatedCapture
 from tcp_teardown.native.files import open_source
 from tcp_teardown.native.frames import Frames
@@ -25,13 +25,13 @@ DECODE_FRAMES = 1 << 17
 # as needed, up to the batch size), and at most when it is known.
 FIRST_BATCH_ROWS = 1 << 18
 MAX_EXPECTED_ROWS = 1 << 25
-# The row columns (see _rows) and their types: those of PACKETS, addresses as numbers.
-ROW_TYPES = {
-    "frame_number": np.int64, "ts": np.float64, "version": np.int8,
-    "src_lo": np.uint64, "dst_lo": np.uint64, "sport": np.int32, "dport": np.int32,
-    "flags": np.int16, "seq": np.int64, "ack": np.int64, "payload": np.int32,
-    "window": np.int32, "ttl": np.int16, "ip_id": np.int32, "stream": np.int64,
-}  # fmt: skip
+# The row columns (see _rows) and their types: the segments' (decode makes them in the
+# row buffer when their names and types match), addresses as numbers.
+ROW_TYPES = {"frame_number": SEGMENT_TYPES["frame"]} | {
+    name: SEGMENT_TYPES[name]
+    for name in ("ts", "version", "src_lo", "dst_lo", "sport", "dport", "flags", "seq", "ack", "payload",
+                 "window", "ttl", "ip_id")
+} | {"stream": np.int64}
 
 
 def read_packets(path: Path, chunk_packets: int = 1_000_000) -> Iterator[pa.RecordBatch]:
