@@ -8,6 +8,9 @@
       filters/<capture id>.txt      Wireshark display filters per label, for that capture
       manifest.jsonl, manifest.parquet
 
+(`-<bucket>`: a part per bucket, only for rotation sets too large to keep a part of each
+capture open; see stitch.finish.)
+
 `day` (UTC date of the capture's first TCP packet) is a hive partition: pandas, pyarrow,
 DuckDB and Dask read `DATASET/connections` as one table with a `day` column.
 
