@@ -14,7 +14,8 @@ import pytest
 
 from tcp_teardown import endpoints, filters
 from tcp_teardown.api import summary_counts
-from tcp_teardown.filters import LABELS, LabelFilter, label_filters, radix_order, set_filters
+from tcp_teardown.codes import radix_order
+from tcp_teardown.filters import LABELS, LabelFilter, label_filters, set_filters
 from tcp_teardown.output import parquet_options, write_table
 from tcp_teardown.schema import LABEL
 from tcp_teardown.vocab import CLOSE_VALUES, OPEN_VALUES, Close, Flag, Open

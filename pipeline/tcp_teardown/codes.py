@@ -25,3 +25,17 @@ def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Codes of the values and the distinct values (first-seen order), hashed by Arrow."""
     encoded = pc.dictionary_encode(from_numpy(values))
     return to_numpy(encoded.indices).astype(np.int64), to_numpy(encoded.dictionary)
+
+
+def radix_order(keys: np.ndarray, limit: int, order: np.ndarray | None = None) -> np.ndarray:
+    """Stable argsort of integer keys in [0, limit), applied after `order` when given.
+
+    numpy sorts 16-bit integers stably by radix, in one linear pass: 16 bits at a time,
+    least significant first, is far cheaper than a comparison sort of int64 keys."""
+    result = order
+    for shift in range(0, max(int(limit) - 1, 1).bit_length(), 16):  # at least one pass
+        current = keys if result is None else keys[result]
+        # the cast keeps the low 16 bits: the digit this pass sorts by
+        step = np.argsort((current >> shift).astype(np.uint16), kind="stable")
+        result = step if result is None else result[step]
+    return result if result is not None else np.arange(len(keys))

@@ -98,9 +98,7 @@ class Segments:
     def last_among(self, hits: np.ndarray) -> np.ndarray:
         """Per connection, the last of these (ascending) packet indices, else -1."""
         if len(hits) > 2 * self.count:  # many hits: a binary search per connection is cheaper
-            before_end = np.searchsorted(hits, self.ends) - 1
-            last = hits[np.maximum(before_end, 0)]
-            return np.where((before_end >= 0) & (last >= self.starts), last, -1).astype(np.int64, copy=False)
+            return last_in_runs(hits, self.starts, self.ends)
         return last_per_group(self.conn[hits], hits, self.count)
 
     def slice(self, c0: int, c1: int) -> Segments:
@@ -199,6 +197,13 @@ def first_in_runs(hits: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.
     at = np.searchsorted(hits, lower)
     first = hits[np.minimum(at, len(hits) - 1)]
     return np.where((at < len(hits)) & (first < upper), first, -1).astype(np.int64, copy=False)
+
+
+def last_in_runs(hits: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Per run i, the last of the ascending indices `hits` in lower[i]..upper[i]-1, else -1."""
+    before_end = np.searchsorted(hits, upper) - 1
+    last = hits[np.maximum(before_end, 0)] if len(hits) else np.zeros(len(lower), np.int64)
+    return np.where((before_end >= 0) & (last >= lower), last, -1).astype(np.int64, copy=False)
 
 
 @dataclass

@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tcp_teardown.arrays import from_numpy, scalar, table, to_numpy
-from tcp_teardown.codes import factorize
-from tcp_teardown.filters import radix_order, value_codes
+from tcp_teardown.codes import factorize, radix_order
+from tcp_teardown.filters import value_codes
 from tcp_teardown.schema import ENDPOINTS, HOSTS
 from tcp_teardown.vocab import CLOSE_VALUES, OPEN_VALUES, Close, Flag, Open
 

@@ -268,10 +268,10 @@ def _infer_unseen_fin(seg: Segments, f: Facts, acking: np.ndarray) -> None:
         return
     conn, ack = seg.conn[idx], seg.ack[idx]
     final_value = last_per_group(conn, ack, seg.count)
-    hits = np.flatnonzero(ack == final_value[conn])  # every connection here has some
-    hit_conn = conn[hits]
-    first = np.r_[True, hit_conn[1:] != hit_conn[:-1]]
-    groups, pos = hit_conn[first], hits[first]  # where (in idx) each ACK first reaches its final value
+    hits = np.flatnonzero(ack == final_value[conn])
+    reached = first_per_group(conn[hits], hits, seg.count)  # where (in idx) each ACK first reaches it
+    groups = np.flatnonzero(reached >= 0)
+    pos = reached[groups]
     prev = np.maximum(pos - 1, 0)
     moved_by_one = (pos > 0) & (conn[prev] == groups) & (tf.seq_diff(ack[pos], ack[prev]) == 1)
     groups, revealing = groups[moved_by_one], idx[pos[moved_by_one]]

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tcp_teardown.arrays import scalar, strings, to_numpy
-from tcp_teardown.codes import sorted_distinct
+from tcp_teardown.codes import radix_order, sorted_distinct
 from tcp_teardown.vocab import CLOSE_VALUES, FLAG_VALUES, OPEN_VALUES
 
 MAX_SET_MEMBERS = 500
@@ -215,20 +215,6 @@ def _distinct_per_key(keys: np.ndarray, values: np.ndarray, n_keys: int) -> list
         if np.count_nonzero(seen) <= MAX_TOTAL_MEMBERS:
             found[key] = np.flatnonzero(seen) + low
     return found
-
-
-def radix_order(keys: np.ndarray, limit: int, order: np.ndarray | None = None) -> np.ndarray:
-    """Stable argsort of integer keys in [0, limit), applied after `order` when given.
-
-    numpy sorts 16-bit integers stably by radix, in one linear pass: 16 bits at a time,
-    least significant first, is far cheaper than a comparison sort of int64 keys."""
-    result = order
-    for shift in range(0, max(int(limit) - 1, 1).bit_length(), 16):  # at least one pass
-        current = keys if result is None else keys[result]
-        # the cast keeps the low 16 bits: the digit this pass sorts by
-        step = np.argsort((current >> shift).astype(np.uint16), kind="stable")
-        result = step if result is None else result[step]
-    return result if result is not None else np.arange(len(keys))
 
 
 def render_text(filters: list[LabelFilter]) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from tcp_teardown.arrays import from_numpy
+from tcp_teardown.codes import radix_order
 
 # pandas' default hash key, "0123456789123456", as SipHash's two little-endian words.
 _KEY = np.frombuffer(b"0123456789123456", dtype="<u8")
@@ -67,9 +68,7 @@ def _offsets(values: pa.StringArray) -> np.ndarray:
 def _longest_first(lengths: np.ndarray) -> np.ndarray:
     """The order of the strings by length, longest first (ties in their order)."""
     longest = int(lengths.max())
-    shortfall = longest - lengths
-    # A stable sort of 16-bit integers is one radix pass: the usual case (short strings).
-    return np.argsort(shortfall.astype(np.uint16) if longest < 1 << 16 else shortfall, kind="stable")
+    return radix_order(longest - lengths, longest + 1)
 
 
 def _blocks(values: pa.StringArray) -> tuple[np.ndarray, np.ndarray]:

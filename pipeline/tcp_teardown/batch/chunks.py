@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from tcp_teardown import ingest
 from tcp_teardown.arrays import from_numpy, scalar, to_numpy
+from tcp_teardown.codes import radix_order
 from tcp_teardown.errors import ExitCode, TeardownError
 from tcp_teardown.hashing import hash_text, mix
 from tcp_teardown.schema import PACKETS
@@ -139,8 +140,7 @@ def write_buckets(table: pa.Table, buckets: int, target: Path) -> list[int]:
 
     Returns the rows of each bucket, so buckets can be grouped into tasks of a size."""
     bucket = bucket_of(table, buckets)
-    # On 16-bit keys NumPy's stable sort is a radix sort: 5x faster (jobs use at most 1024).
-    order = np.argsort(bucket.astype(np.uint16) if buckets <= 1 << 16 else bucket, kind="stable")
+    order = radix_order(bucket, buckets)
     counts = np.bincount(bucket, minlength=buckets)
     # One address dictionary for the whole file: an IPC file holds one per column.
     table = table.unify_dictionaries().combine_chunks()

@@ -57,9 +57,9 @@ INPUTS_KEY = b"tcp_teardown.inputs"  # what an aggregate table was computed from
 # Label columns are written with the whole vocabulary as their dictionary: every part
 # then has the same categories (a part with no TIME_WAIT at all would otherwise carry
 # an empty dictionary, which Dask cannot concatenate with the others).
+VOCABULARIES = {"open": OPEN_VALUES, "close": CLOSE_VALUES, "time_wait_side": TIME_WAIT_VALUES}
 # Rows a part holds before writing them as one row group (see PartWriter).
 ROW_GROUP_ROWS = 1 << 18
-VOCABULARIES = {"open": OPEN_VALUES, "close": CLOSE_VALUES, "time_wait_side": TIME_WAIT_VALUES}
 
 
 def capture_id(name: str) -> str:

@@ -36,6 +36,7 @@ from tcp_teardown.arrays import from_numpy, scalar, strings, to_numpy
 from tcp_teardown.batch import dataset
 from tcp_teardown.batch.chunks import FRAME_MASK, IPC_OPTIONS, MEMBER_SHIFT, read_buckets
 from tcp_teardown.batch.manifest import Part
+from tcp_teardown.codes import radix_order
 from tcp_teardown.connections import address_codes, pair_codes
 from tcp_teardown.facts import Params
 from tcp_teardown.schema import CONNECTIONS, FRAMES, PACKETS
@@ -250,23 +251,20 @@ def finish(spec: FinishSpec) -> list[MemberRows]:
         for bucket, (conns_path, frames_path) in enumerate(spec.buckets):
             conns, conn_member, frames, frame_member = localize(
                 _read_ipc(conns_path), _read_ipc(frames_path), names, spec.openers)
-            rows = {"connections": _per_member(conns, conn_member), "frames": _per_member(frames, frame_member)}
-            for index, info in enumerate(spec.members):
-                for kind, mine in ((kind, rows[kind].get(index)) for kind in rows):
-                    if mine is None:
-                        continue
+            member_conns, member_frames = _per_member(conns, conn_member), _per_member(frames, frame_member)
+            for kind, by_member in (("connections", member_conns), ("frames", member_frames)):
+                for index, rows in by_member.items():
+                    info = spec.members[index]
                     relative = dataset.part_path(kind, info.day or "unknown", info.name, None if whole else bucket)
                     if whole:
-                        writers.setdefault((index, kind), dataset.PartWriter(root, relative)).write(mine)
+                        writers.setdefault((index, kind), dataset.PartWriter(root, relative)).write(rows)
                     else:
-                        out[index].parts.append(dataset.write_part(root, relative, mine))
-                    if kind == "connections":
-                        out[index].connections += mine.num_rows
-                    else:
-                        out[index].key_frames += mine.num_rows
-                if index in rows["connections"] or index in rows["frames"]:
-                    sets.setdefault(index, FilterSets()).add(rows["connections"].get(index, conns.slice(0, 0)),
-                                                             rows["frames"].get(index, frames.slice(0, 0)))
+                        out[index].parts.append(dataset.write_part(root, relative, rows))
+            for index in sorted(member_conns.keys() | member_frames.keys()):
+                mine = member_conns.get(index, conns.slice(0, 0)), member_frames.get(index, frames.slice(0, 0))
+                out[index].connections += mine[0].num_rows
+                out[index].key_frames += mine[1].num_rows
+                sets.setdefault(index, FilterSets()).add(*mine)
             if sum(writer.pending_rows for writer in writers.values()) > FINISH_HELD_ROWS:
                 for writer in writers.values():
                     writer.flush()
@@ -290,9 +288,7 @@ def _per_member(table: pa.Table, member: np.ndarray) -> dict[int, pa.Table]:
     if (member == member[0]).all():
         return {int(member[0]): table}
     counts = np.bincount(member)
-    # On 16-bit keys NumPy's stable sort is a radix sort.
-    order = np.argsort(member.astype(np.uint16) if len(counts) <= 1 << 16 else member, kind="stable")
-    ordered = table.take(from_numpy(order))
+    ordered = table.take(from_numpy(radix_order(member, len(counts))))
     starts = np.cumsum(counts) - counts
     return {int(i): ordered.slice(int(starts[i]), int(counts[i])) for i in np.flatnonzero(counts)}
 
